@@ -1,0 +1,103 @@
+"""The ``nndiag`` command line.
+
+Commands:
+    * ``nndiag demo [--out DIR] [--epochs N]``: train a small model with an injected fault,
+      print what nndiag recorded and where to look.
+    * ``nndiag show RUN_DIR [--json]``: summarise a recorded run (finished or killed).
+
+Exit codes: 0 success; 2 bad usage or bad input (missing directory, not a run, damaged
+store), with a one-line message on stderr and no traceback.
+
+Example:
+    >>> from nndiag.cli import main
+    >>> main(["show", "/nonexistent/run"])
+    2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nndiag._version import __version__
+from nndiag.store.reader import CorruptRunError, RunNotFoundError, load_run
+from nndiag.summary import layer_summary, run_overview
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nndiag", description="Per-layer training diagnostics for PyTorch.")
+    p.add_argument("--version", action="version", version=f"nndiag {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train a small model with an injected fault and show the recording")
+    demo.add_argument("--out", default="runs", help="parent folder of the TensorBoard/run-store logs (default: runs)")
+    demo.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    show = sub.add_parser("show", help="summarise a recorded run")
+    show.add_argument("run_dir", help="the run's log directory (holding nndiag.sqlite)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _show(run_dir: str, as_json: bool) -> int:
+    run = load_run(run_dir)
+    overview = run_overview(run.history)
+    summary = layer_summary(run.history, run.facts)
+    status = run.meta.get("status", "unknown")
+    if as_json:
+        doc = {
+            "run": str(run.path),
+            "status": status,
+            "overview": overview,
+            "layers": summary.to_dict(orient="index") if not summary.empty else {},
+            "diagnoses": [d.to_dict() for d in run.diagnoses],
+        }
+        print(json.dumps(_clean(doc), indent=2))
+        return EXIT_OK
+    note = "" if status == "finished" else f" (status: {status}; the run did not finish cleanly, showing what was stored)"
+    print(f"{run.path}{note}")
+    loss = (
+        f"; loss {overview['loss_first']:.4g} -> {overview['loss_last']:.4g}" if overview["loss_first"] is not None else ""
+    )
+    print(f"{overview['optimizer_steps']} optimizer steps, {overview['logging_steps']} logging steps, {overview['layers']} layers{loss}")
+    if not summary.empty:
+        print(summary.to_string(float_format=lambda v: f"{v:.3g}"))
+    print(f"{len(run.diagnoses)} diagnoses")
+    for d in run.diagnoses:
+        print(f"  [{d.severity}] {d.code} at step {d.step} ({d.layer or 'run'}): {d.message}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from nndiag.demo.run import run_demo
+
+            run_demo(args.out, epochs=args.epochs)
+            return EXIT_OK
+        return _show(args.run_dir, args.json)
+    except (RunNotFoundError, CorruptRunError) as exc:
+        print(f"nndiag: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

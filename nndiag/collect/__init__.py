@@ -1,0 +1,1 @@
+"""Hooks and the recording engine (no Lightning imports here)."""

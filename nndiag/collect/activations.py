@@ -1,0 +1,280 @@
+"""Forward hooks that reduce every recorded module's output on the device.
+
+Hooks are registered once and stay cheap when not armed: they return after one
+attribute check (no tensor work on non-logging steps). When armed, each module's
+output is reduced to a handful of on-device scalars; nothing crosses to the host
+until the recorder packs the step.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from nndiag.collect.activations import ActivationCollector
+    >>> from nndiag.guard import ErrorGuard
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    >>> col = ActivationCollector(model, ErrorGuard())
+    >>> col.attach(); col.arm()
+    >>> _ = model(torch.randn(16, 4))
+    >>> keys, values, extras = col.pack()
+    >>> ("1", "_dead") in keys
+    True
+    >>> col.detach()
+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from nndiag.collect.facts import (
+    RELU_FAMILY,
+    activation_name,
+    float_tensors,
+    is_channels_first,
+    module_kind,
+    recorded_modules,
+    saturation_bounds,
+)
+from nndiag.guard import ErrorGuard
+from nndiag.stats.activations import saturated_count, sufficient_stats, unit_max
+from nndiag.stats.histogram import histogram
+
+INPUT_LAYER = "input"
+
+
+@dataclass
+class _Accum:
+    """One module's on-device sufficient statistics within a step (summed over repeated calls)."""
+
+    n: int
+    total: torch.Tensor  # sum of elements
+    sq: torch.Tensor  # L2 norm of elements
+    nonfinite: torch.Tensor | None = None  # None: known to be 0 (checked on CPU)
+    peak: torch.Tensor | None = None  # per-unit max (dead units)
+    minimum: torch.Tensor | None = None  # global min (does dead_frac apply?)
+    sat: torch.Tensor | None = None  # saturated element count
+    hist: torch.Tensor | None = None
+    calls: int = 1
+
+
+@dataclass
+class _Static:
+    """Per-module constants computed once."""
+
+    activation: str | None
+    relu_family: bool
+    sat_bounds: tuple[float | None, float | None] | None
+    channels_first: bool
+    elementwise: bool
+
+
+@dataclass
+class ForwardFacts:
+    """What the first armed forward pass revealed (order, shapes, batch size)."""
+
+    order: list[str] = field(default_factory=list)
+    out_shapes: dict[str, list[int]] = field(default_factory=dict)
+    batch_size: int | None = None
+
+
+class ActivationCollector:
+    """Owns the forward hooks of one model and their per-step reductions."""
+
+    def __init__(self, model: nn.Module, guard: ErrorGuard, histograms: bool = False, bins: int = 30) -> None:
+        self.model: nn.Module | None = model
+        self.guard = guard
+        self.histograms = histograms
+        self.bins = bins
+        self.modules = recorded_modules(model)
+        self.static = {name: self._static(mod) for name, mod in self.modules}
+        self.handles: list[RemovableHandle] = []
+        self.armed = False
+        self.acc: dict[str, _Accum] = {}
+        self.input_acc: _Accum | None = None
+        self.facts = ForwardFacts()
+        self._facts_done = False
+        self._last_layout: tuple[torch.Size, bool] | None = None
+
+    @staticmethod
+    def _static(mod: nn.Module) -> _Static:
+        act = activation_name(mod)
+        kind = module_kind(mod)
+        return _Static(
+            activation=act,
+            relu_family=act in RELU_FAMILY,
+            sat_bounds=saturation_bounds(mod),
+            channels_first=is_channels_first(mod),
+            elementwise=kind in ("activation", "dropout"),
+        )
+
+    # -- hook management -------------------------------------------------------------
+    def attach(self) -> None:
+        """Register the forward hooks (idempotent)."""
+        if self.handles or self.model is None:
+            return
+        self.handles.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+        for name, mod in self.modules:
+            self.handles.append(mod.register_forward_hook(self._make_hook(name)))
+
+    def detach(self) -> None:
+        """Remove every hook and drop the references to the model and to step tensors."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.model = None
+        self.modules = []
+        self.reset()
+
+    def arm(self) -> None:
+        """Record the next forward pass(es) until :meth:`disarm`."""
+        self.armed = True
+
+    def disarm(self) -> None:
+        """Stop recording (results so far are kept until :meth:`pack` or :meth:`reset`)."""
+        self.armed = False
+
+    def reset(self) -> None:
+        """Forget the current step's reductions."""
+        self.acc = {}
+        self.input_acc = None
+        self._last_layout = None
+
+    # -- hooks -----------------------------------------------------------------------
+    def _root_pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self.armed or self.input_acc is not None or not module.training:
+            return
+        self.guard.run("input statistics", self._record_input, (args, kwargs))
+
+    def _record_input(self, obj: Any) -> None:
+        if self.facts.batch_size is None:
+            self.facts.batch_size = _batch_size(obj)
+        tensors = float_tensors(obj)
+        # integer inputs (token ids) get an empty accumulator so the first-leaf fallback does not fire
+        self.input_acc = _accumulate(tensors[0].detach()) if tensors else _Accum(0, torch.zeros(()), torch.zeros(()))
+
+    def _make_hook(self, name: str):  # noqa: ANN202 - closure
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if not self.armed or (self.model is not None and not self.model.training):
+                return  # not a logging step, or an evaluation pass between training batches
+            self.guard.run("activation statistics", self._record, name, args, output)
+
+        return hook
+
+    def _record(self, name: str, args: tuple[Any, ...], output: Any) -> None:
+        if self.input_acc is None:  # root forward not called (e.g. training_step calls self.model)
+            self._record_input(args)
+        tensors = float_tensors(output)
+        if not tensors:
+            return
+        x = tensors[0].detach() if len(tensors) == 1 else torch.cat([t.detach().reshape(-1) for t in tensors])
+        st = self.static[name]
+        unit_dim = self._unit_dim(st, tensors[0])
+        new = _accumulate(x)
+        if x.dim() >= 1 and x.numel() > 0:
+            if len(tensors) == 1:
+                new.peak = unit_max(x, unit_dim)
+                if not st.relu_family:
+                    new.minimum = x.amin()
+            if st.sat_bounds is not None:
+                new.sat = saturated_count(x, *st.sat_bounds)
+        if self.histograms:
+            new.hist = histogram(x, self.bins)
+        if not self._facts_done and name not in self.facts.out_shapes:
+            self.facts.order.append(name)
+            self.facts.out_shapes[name] = list(tensors[0].shape)
+        old = self.acc.get(name)
+        self.acc[name] = new if old is None else _merge(old, new)
+
+    def _unit_dim(self, st: _Static, x: torch.Tensor) -> int:
+        """Dim holding the units: features of 2-D outputs, channels of conv-style outputs."""
+        shape = x.shape
+        if x.dim() != 3:
+            channels_first = x.dim() >= 4
+        elif st.channels_first:
+            channels_first = True
+        elif st.elementwise and self._last_layout is not None and self._last_layout[0] == shape:
+            channels_first = self._last_layout[1]  # an activation after a Conv1d keeps its layout
+        else:
+            channels_first = False
+        self._last_layout = (shape, channels_first)
+        return 1 if channels_first else -1
+
+    # -- packing ---------------------------------------------------------------------
+    def pack(self) -> tuple[list[tuple[str, str]], list[torch.Tensor], list[tuple[str, str, float]]]:
+        """This step's raw statistics: keys and 0-d on-device tensors, plus host-known values.
+
+        The raw statistics are finalised on the host (:mod:`nndiag.stats.finalize`).
+        Also completes :attr:`facts` after the first armed pass.
+        """
+        keys: list[tuple[str, str]] = []
+        values: list[torch.Tensor] = []
+        extras: list[tuple[str, str, float]] = []
+        items = list(self.acc.items())
+        if self.input_acc is not None and self.input_acc.n > 0:
+            items.insert(0, (INPUT_LAYER, self.input_acc))
+        for name, acc in items:
+            keys += [(name, "_sum"), (name, "_sq")]
+            values += [acc.total, acc.sq]
+            extras.append((name, "_n", float(acc.n)))
+            if acc.nonfinite is not None:
+                keys.append((name, "_nonfinite"))
+                values.append(acc.nonfinite)
+            if acc.peak is not None:
+                keys.append((name, "_dead"))
+                values.append((acc.peak <= 0).sum())
+                extras.append((name, "_units", float(acc.peak.numel())))
+                if acc.minimum is None:
+                    extras.append((name, "_relu", 1.0))
+                else:
+                    keys.append((name, "_min"))
+                    values.append(acc.minimum)
+            if acc.sat is not None:
+                keys.append((name, "_sat"))
+                values.append(acc.sat)
+        if self.acc:
+            self._facts_done = True
+        return keys, values, extras
+
+    def histograms_packed(self) -> tuple[list[str], list[torch.Tensor]]:
+        """Layer names and packed histograms (edges then counts) of this step's outputs."""
+        names = [n for n, a in self.acc.items() if a.hist is not None]
+        return names, [self.acc[n].hist for n in names]  # type: ignore[misc]
+
+
+def _accumulate(x: torch.Tensor) -> _Accum:
+    total, sq, nonfinite = sufficient_stats(x)
+    return _Accum(x.numel(), total, sq, nonfinite)
+
+
+def _merge(a: _Accum, b: _Accum) -> _Accum:
+    """Combine two calls of the same module within one forward pass."""
+    out = _Accum(a.n + b.n, a.total + b.total, torch.hypot(a.sq, b.sq), calls=a.calls + 1)
+    if a.nonfinite is not None or b.nonfinite is not None:
+        out.nonfinite = sum(t for t in (a.nonfinite, b.nonfinite) if t is not None)  # type: ignore[assignment]
+    if a.peak is not None and b.peak is not None and a.peak.shape == b.peak.shape:
+        out.peak = torch.maximum(a.peak, b.peak)
+    else:
+        out.peak = a.peak
+    if a.minimum is not None and b.minimum is not None:
+        out.minimum = torch.minimum(a.minimum, b.minimum)
+    if a.sat is not None and b.sat is not None:
+        out.sat = a.sat + b.sat
+    out.hist = a.hist
+    return out
+
+
+def _batch_size(obj: Any) -> int | None:
+    """Leading dimension of the first tensor (of any dtype) in ``obj``."""
+    stack = [obj]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, torch.Tensor):
+            return int(item.shape[0]) if item.dim() >= 1 else None
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (tuple, list)):
+            stack.extend(item)
+    return None

@@ -1,0 +1,141 @@
+"""One logging step's statistics, packed into a single tensor for one host transfer.
+
+On an accelerator the copy is issued non-blocking into pinned memory and an event
+is recorded; the background writer waits on that event, so the training thread
+never synchronises with the device. Decoding (and the arithmetic that turns raw
+sufficient statistics into recorded statistics) happens on the background thread.
+
+Example:
+    >>> import torch
+    >>> from nndiag.collect.packet import Packet
+    >>> p = Packet.build(step=3, losses=torch.tensor([2.5, 2.25]), loss_steps=[2, 3],
+    ...                  keys=[("fc.weight", "grad_norm")], scalars=[torch.tensor(0.5)])
+    >>> rows = p.decode()
+    >>> list(zip(rows.step.tolist(), rows.stats, rows.value.tolist()))
+    [(2, 'loss', 2.5), (3, 'loss', 2.25), (3, 'grad_norm', 0.5), (3, 'grad_norm_total', 0.5)]
+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from nndiag.rows import Rows
+from nndiag.stats.finalize import RAW_PREFIX, finalize_layer, total_norm
+
+GLOBAL_LAYER = ""  # layer name of run-wide statistics (loss, grad_norm_total)
+
+
+@dataclass
+class Packet:
+    """Keys, the packed values (host copy in flight) and host-side extras of one logging step.
+
+    ``values`` holds, in order: one loss per entry of ``loss_steps``, one value per entry
+    of ``keys`` (at ``step``), then the histograms (``2 * bins + 1`` numbers each) named in
+    ``hist_keys``. ``extras`` are values already known on the host (counts, learning rates).
+    """
+
+    step: int
+    keys: list[tuple[str, str]]
+    values: torch.Tensor
+    loss_steps: list[int]
+    extras: list[tuple[str, str, float]] = field(default_factory=list)
+    hist_keys: list[tuple[str, str]] = field(default_factory=list)
+    bins: int = 0
+    event: Any = None
+
+    @classmethod
+    def build(
+        cls,
+        step: int,
+        losses: torch.Tensor | None = None,
+        loss_steps: list[int] | None = None,
+        keys: list[tuple[str, str]] | None = None,
+        scalars: list[torch.Tensor] | None = None,
+        extras: list[tuple[str, str, float]] | None = None,
+        hist_keys: list[tuple[str, str]] | None = None,
+        hists: list[torch.Tensor] | None = None,
+        bins: int = 0,
+    ) -> Packet:
+        """Concatenate everything on one device and start the single copy to the host."""
+        parts: list[torch.Tensor] = []
+        if losses is not None:
+            parts.append(losses.reshape(-1).float())
+        if scalars:
+            device = scalars[0].device
+            parts.append(torch.stack([s.to(device=device, dtype=torch.float32).reshape(()) for s in scalars]))
+        if hists:
+            parts += [h.reshape(-1).float() for h in hists]
+        packet = cls(step, keys or [], torch.zeros(0), loss_steps or [], extras or [], hist_keys or [], bins)
+        if not parts:
+            return packet
+        device = parts[0].device
+        flat = parts[0] if len(parts) == 1 else torch.cat([p.to(device, non_blocking=True) for p in parts])
+        if device.type == "cuda":
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            packet.event = torch.cuda.Event()
+            packet.event.record()
+        elif device.type == "cpu":
+            host = flat
+        else:  # other accelerators: a plain copy (may synchronise)
+            host = flat.to("cpu")
+        packet.values = host
+        return packet
+
+    def wait(self) -> None:
+        """Block (the calling thread only) until the host copy has landed."""
+        if self.event is not None:
+            self.event.synchronize()
+            self.event = None
+
+    def decode(self) -> Rows:
+        """Recorded statistics of this packet: raw statistics finalised, totals added."""
+        self.wait()
+        vals = self.values.numpy().astype(np.float64, copy=False).tolist()
+        n_loss = len(self.loss_steps)
+        steps: list[int] = list(self.loss_steps)
+        layers: list[str] = [GLOBAL_LAYER] * n_loss
+        stats: list[str] = ["loss"] * n_loss
+        values: list[float] = vals[:n_loss]
+        raw: dict[str, dict[str, float]] = {}
+        grad_norms: list[float] = []
+        entries = zip(self.keys, vals[n_loss : n_loss + len(self.keys)], strict=True)
+        merged = [(layer, stat, v) for (layer, stat), v in entries] + self.extras
+        for layer, stat, v in merged:
+            if stat.startswith(RAW_PREFIX):
+                raw.setdefault(layer, {})[stat] = v
+                continue
+            if stat == "grad_norm":
+                grad_norms.append(v)
+            layers.append(layer)
+            stats.append(stat)
+            values.append(v)
+        for layer, r in raw.items():
+            for stat, v in finalize_layer(r).items():
+                layers.append(layer)
+                stats.append(stat)
+                values.append(v)
+        if grad_norms:
+            layers.append(GLOBAL_LAYER)
+            stats.append("grad_norm_total")
+            values.append(total_norm(grad_norms))
+        steps += [self.step] * (len(values) - n_loss)
+        return Rows(np.asarray(steps, dtype=np.int64), layers, stats, np.asarray(values, dtype=np.float64))
+
+    def histograms(self) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+        """``(layer, stat, edges, counts)`` of each packed histogram."""
+        self.wait()
+        out = []
+        offset = len(self.loss_steps) + len(self.keys)
+        width = 2 * self.bins + 1
+        vals = self.values.numpy()
+        for layer, stat in self.hist_keys:
+            chunk = vals[offset : offset + width].astype(np.float64)
+            out.append((layer, stat, chunk[: self.bins + 1], chunk[self.bins + 1 :]))
+            offset += width
+        return out

@@ -1,0 +1,158 @@
+"""Per-parameter gradient norms, weight norms and update/weight ratios, on the device.
+
+The update ratio ``||w_after - w_before|| / ||w_before||`` is measured on the real
+parameters around the optimizer step, so it is right for SGD, Adam or any optimizer.
+In ``"exact"`` mode one copy of the trainable parameters is held from the optimizer's
+pre-step to the end of the logging step (kept across consecutive logging steps, freed
+before a non-logging step); the distance is computed fused, so no second copy is made.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from nndiag.collect.params import ParamCollector
+    >>> model = nn.Linear(3, 2)
+    >>> col = ParamCollector(model, "exact", 16)
+    >>> model.weight.grad = torch.ones_like(model.weight)
+    >>> col.capture_grads(); col.snapshot()
+    >>> with torch.no_grad():
+    ...     _ = model.weight.mul_(1.5)
+    >>> keys, values = col.pack()
+    >>> raw = dict(zip(keys, [float(v) for v in values]))
+    >>> round(raw[("weight", "_delta")] / raw[("weight", "_wb")], 4)
+    0.5
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from nndiag.stats.params import norms
+
+
+class ParamCollector:
+    """Gradient/weight statistics of a model's trainable parameters for one step at a time."""
+
+    def __init__(self, model: nn.Module, mode: str = "exact", samples: int = 4096) -> None:
+        self.mode = mode
+        self.samples = samples
+        self.named: list[tuple[str, nn.Parameter]] = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.frozen: list[str] = [n for n, p in model.named_parameters() if not p.requires_grad]
+        self.index = {id(p): i for i, (_, p) in enumerate(self.named)}
+        self._sample_idx: dict[int, torch.Tensor] = {}
+        self._buffer: list[torch.Tensor] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current step's captures."""
+        self.grad_norms: list[torch.Tensor | None] = [None] * len(self.named)
+        self.before: list[torch.Tensor] | None = None
+        self.before_norms: list[torch.Tensor] | None = None
+
+    def release(self) -> None:
+        """Drop every reference to the model's parameters."""
+        self.named = []
+        self.index = {}
+        self._sample_idx = {}
+        self._buffer = None
+        self.reset()
+
+    # -- gradients -------------------------------------------------------------------
+    def capture_grads(self, params: Iterable[torch.Tensor] | None = None) -> None:
+        """Record gradient norms of ``params`` (default: all trainable parameters) not yet captured.
+
+        Call it where gradients are final and unscaled: Lightning's ``on_before_optimizer_step``
+        (before clipping), or the optimizer's step pre-hook in plain loops.
+        """
+        ids = range(len(self.named)) if params is None else [self.index[id(p)] for p in params if id(p) in self.index]
+        todo = [i for i in ids if self.grad_norms[i] is None]
+        with_grad = [i for i in todo if self.named[i][1].grad is not None]
+        if with_grad:
+            vals = norms([self.named[i][1].grad.detach() for i in with_grad])  # type: ignore[union-attr]
+            for j, i in enumerate(with_grad):
+                self.grad_norms[i] = vals[j]
+        for i in todo:
+            if self.grad_norms[i] is None:  # no gradient reached this parameter
+                self.grad_norms[i] = torch.zeros((), device=self.named[i][1].device)
+
+    # -- update ratio ----------------------------------------------------------------
+    def snapshot(self) -> None:
+        """Copy (or sample) the weights before the optimizer changes them (once per step).
+
+        In exact mode the copy goes into a buffer that is reused while logging steps follow
+        each other (no allocation and page faults per step) and freed by :meth:`release_buffer`.
+        """
+        if self.before is not None or self.mode == "off":
+            return
+        with torch.no_grad():
+            if self.mode == "exact":
+                live = [p.detach() for _, p in self.named]
+                buf = self._buffer
+                if (
+                    buf is None
+                    or len(buf) != len(live)
+                    or any(b.shape != p.shape or b.dtype != p.dtype for b, p in zip(buf, live, strict=True))
+                ):
+                    buf = [torch.empty_like(p) for p in live]
+                self.before_norms = list(torch._foreach_norm([_f32(p) for p in live]))  # cache-hot with the copy
+                torch._foreach_copy_(buf, live)
+                self._buffer = buf
+                self.before = buf
+            else:
+                self.before = [p.detach().reshape(-1)[self._indices(p)].clone() for _, p in self.named]
+
+    def release_buffer(self) -> None:
+        """Free the exact-mode weight copy (called when the next step is not a logging step)."""
+        self._buffer = None
+
+    def _indices(self, p: torch.Tensor) -> torch.Tensor:
+        idx = self._sample_idx.get(id(p))
+        if idx is None:
+            n = p.numel()
+            gen = torch.Generator().manual_seed(n)
+            idx = torch.randperm(n, generator=gen)[: self.samples].to(p.device) if n > self.samples else None
+            idx = torch.arange(n, device=p.device) if idx is None else idx
+            self._sample_idx[id(p)] = idx
+        return idx
+
+    def pack(self) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
+        """Keys and 0-d on-device values: ``grad_norm``, and raw ``_wb``/``_delta`` (or ``weight_norm``).
+
+        ``update_ratio``, ``weight_norm`` and ``grad_norm_total`` are finished on the host
+        (:mod:`nndiag.stats.finalize`).
+        """
+        if not self.named:
+            return [], []
+        self.capture_grads()  # parameters outside every optimizer, or no optimizer hook
+        names = [n for n, _ in self.named]
+        keys: list[tuple[str, str]] = [(n, "grad_norm") for n in names]
+        values: list[torch.Tensor] = list(self.grad_norms)  # type: ignore[arg-type]
+        with torch.no_grad():
+            if self.before is None:
+                keys += [(n, "weight_norm") for n in names]
+                values += torch._foreach_norm([_f32(p.detach()) for _, p in self.named])
+            else:
+                live = [p.detach() for _, p in self.named]
+                after = live if self.mode == "exact" else [p.reshape(-1)[self._indices(p)] for p in live]
+                before = self.before if self.mode == "exact" else live
+                keys += [(n, "_wb") for n in names] + [(n, "_delta") for n in names]
+                values += self.before_norms or torch._foreach_norm([_f32(b) for b in before])
+                if self.mode == "sampled":  # the ratio is estimated on the sampled elements
+                    keys += [(n, "_wbs") for n in names]
+                    values += torch._foreach_norm([_f32(b) for b in self.before])
+                values += [_distance(a, b) for a, b in zip(after, self.before, strict=True)]
+        self.reset()
+        return keys, values
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``||a - b||`` in at least fp32, fused (no difference tensor) for fp32/fp64."""
+    if a.dtype in (torch.float32, torch.float64):
+        return torch.dist(a, b).float()
+    return torch.linalg.vector_norm(a.float() - b.float())

@@ -1,0 +1,311 @@
+"""The framework-independent recording engine shared by the Lightning callback and ``Monitor``.
+
+A *step* is an optimizer step. The recorder counts them with the optimizers' own step
+hooks, so gradient accumulation (no step on most batches), AMP steps skipped by the
+GradScaler (``optimizer.step`` never runs) and several optimizers (one step per batch
+in which any optimizer stepped) are counted correctly.
+
+Lifecycle, driven by an adapter::
+
+    rec.attach()
+    for each batch:
+        rec.begin_batch()            # arms the forward hooks on logging steps
+        ... forward, backward ...
+        rec.capture_grads(opt)       # optional: where grads are final (Lightning)
+        ... optimizer.step() ...     # hooks: snapshot weights / mark stepped
+        rec.end_batch(loss)          # finishes the step if an optimizer stepped
+    rec.close()
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from nndiag.collect.recorder import Recorder
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> packets = []
+    >>> rec = Recorder(model, [opt], submit=packets.append)
+    >>> rec.attach()
+    >>> for _ in range(3):
+    ...     rec.begin_batch()
+    ...     loss = model(torch.randn(16, 4)).pow(2).mean()
+    ...     loss.backward(); opt.step(); opt.zero_grad()
+    ...     rec.end_batch(loss)
+    >>> rec.close()
+    >>> from nndiag.collect.packet import Packet
+    >>> rec.step, [p.step for p in packets if isinstance(p, Packet) and p.keys]
+    (3, [0, 1, 2])
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nndiag.collect.activations import ActivationCollector
+from nndiag.collect.facts import module_facts
+from nndiag.collect.packet import Packet
+from nndiag.collect.params import ParamCollector
+from nndiag.config import RecorderConfig
+from nndiag.guard import ErrorGuard
+from nndiag.schedule import Schedule, resolve_schedule
+
+
+class Recorder:
+    """Collects one model's statistics on logging steps and hands packets to ``submit``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        submit: Callable[[Any], None],
+        config: RecorderConfig | None = None,
+        schedule: Schedule = None,
+        guard: ErrorGuard | None = None,
+        start_step: int = 0,
+    ) -> None:
+        self.config = config or RecorderConfig()
+        self.should_log = resolve_schedule(schedule)
+        self.guard = guard or ErrorGuard()
+        self.submit = submit
+        self.model: nn.Module | None = model
+        self.optimizers = list(optimizers)
+        self.acts = ActivationCollector(model, self.guard, self.config.histograms, self.config.histogram_bins)
+        self.params = ParamCollector(model, self.config.update_ratio, self.config.update_ratio_samples)
+        self.step = start_step
+        self.skipped_steps = 0
+        self._handles: list[Any] = []
+        self._hooked_optimizers = 0
+        self._logging = False
+        self._acts_done = False
+        self._stepped = False
+        self._grads_captured = False
+        self._micro_losses: list[torch.Tensor] = []
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_steps: list[int] = []
+        self._facts_sent = False
+        self.closed = False
+
+    # -- setup / teardown ------------------------------------------------------------
+    def attach(self) -> None:
+        """Register forward hooks and optimizer step hooks."""
+        self.acts.attach()
+        for opt in self.optimizers:
+            pre = getattr(opt, "register_step_pre_hook", None)
+            post = getattr(opt, "register_step_post_hook", None)
+            if pre is None or post is None:
+                continue  # not a torch optimizer: every end_batch counts as a step
+            self._handles.append(pre(self._pre_step_hook))
+            self._handles.append(post(self._post_step_hook))
+            self._hooked_optimizers += 1
+
+    def close(self) -> None:
+        """Send what is pending, remove every hook and drop references to the model."""
+        if self.closed:
+            return
+        self.closed = True
+        self.guard.run("final flush", self._flush_losses)
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.acts.detach()
+        self.params.release()
+        self.model = None
+        self.optimizers = []
+        self._micro_losses = []
+
+    # -- per-batch protocol ----------------------------------------------------------
+    def begin_batch(self) -> None:
+        """Arm the forward hooks if the coming optimizer step is a logging step."""
+        if self.closed:
+            return
+        self._logging = bool(self.guard.run("schedule", self.should_log, self.step))
+        if self._logging and not self._acts_done:
+            self.acts.arm()
+
+    def capture_grads(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Record gradient norms now (of ``optimizer``'s parameters, or all), on logging steps."""
+        if self._logging and not self.closed:
+            params = None if optimizer is None else [p for g in optimizer.param_groups for p in g["params"]]
+            self.guard.run("gradient statistics", self.params.capture_grads, params)
+            self._grads_captured = True
+
+    def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._logging and not self.closed:
+            self.guard.run(
+                "gradient statistics",
+                self.params.capture_grads,
+                [p for g in optimizer.param_groups for p in g["params"]],
+            )
+            self.guard.run("weight snapshot", self.params.snapshot)
+
+    def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._stepped = True
+
+    def end_batch(self, loss: Any = None) -> None:
+        """Close a batch: keep its loss; finish the step if an optimizer stepped during it."""
+        if self.closed:
+            return
+        self.acts.disarm()
+        if self._logging:
+            self._acts_done = True
+        if loss is not None:
+            self.guard.run("loss", self._keep_loss, loss)
+        stepped = self._stepped or self._hooked_optimizers == 0
+        if not stepped:
+            if self._grads_captured:  # gradients were final but the step was skipped (AMP overflow)
+                self.skipped_steps += 1
+                self.params.reset()
+                self._grads_captured = False
+            return
+        self.guard.run("step", self._finish_step)
+        self.step += 1
+        self._stepped = False
+        self._grads_captured = False
+        self._acts_done = False
+
+    # -- internals -------------------------------------------------------------------
+    def _keep_loss(self, loss: Any) -> None:
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                loss = loss.detach().float().mean()
+            self._micro_losses.append(loss.detach().reshape(()))
+        else:
+            self._micro_losses.append(torch.tensor(float(loss)))
+
+    def _step_loss(self) -> torch.Tensor | None:
+        losses, self._micro_losses = self._micro_losses, []
+        if not losses:
+            return None
+        if len(losses) == 1:
+            return losses[0]
+        device = losses[0].device
+        return torch.stack([x.to(device).float() for x in losses]).mean()
+
+    def _finish_step(self) -> None:
+        loss = self._step_loss()
+        if loss is not None:
+            self._pending_losses.append(loss)
+            self._pending_steps.append(self.step)
+        if self._logging:
+            self._send_logging_step()
+            if not self.guard.run("schedule", self.should_log, self.step + 1):
+                self.params.release_buffer()  # the weight copy lives only through runs of logging steps
+        elif len(self._pending_losses) >= self.config.max_pending_losses:
+            self._flush_losses()
+        self.acts.reset()
+        self.params.reset()
+
+    def _flush_losses(self) -> None:
+        if self._pending_losses:
+            losses, steps = self._take_losses()
+            self._send(Packet.build(self.step, losses, steps))
+
+    def _take_losses(self) -> tuple[torch.Tensor | None, list[int]]:
+        if not self._pending_losses:
+            return None, []
+        device = self._pending_losses[-1].device
+        losses = torch.stack([x.to(device).float() for x in self._pending_losses])
+        steps = self._pending_steps
+        self._pending_losses, self._pending_steps = [], []
+        return losses, steps
+
+    def _send_logging_step(self) -> None:
+        act_keys, act_vals, extras = self.acts.pack()
+        par_keys, par_vals = self.params.pack()
+        keys = act_keys + par_keys
+        scalars = act_vals + par_vals
+        for k, opt in enumerate(self.optimizers):
+            for j, group in enumerate(opt.param_groups):
+                lr = group.get("lr")
+                name = (
+                    f"optimizer{k}.group{j}" if len(self.optimizers) > 1 or len(opt.param_groups) > 1 else "optimizer"
+                )
+                if isinstance(lr, torch.Tensor):
+                    keys.append((name, "lr"))
+                    scalars.append(lr.detach())
+                elif lr is not None:
+                    extras.append((name, "lr", float(lr)))
+        hist_keys: list[tuple[str, str]] = []
+        hists: list[torch.Tensor] = []
+        if self.config.histograms:
+            names, hists = self.acts.histograms_packed()
+            hist_keys = [(n, "act_hist") for n in names]
+        losses, loss_steps = self._take_losses()
+        if losses is not None and scalars:
+            losses = losses.to(scalars[0].device)
+        packet = Packet.build(
+            self.step, losses, loss_steps, keys, scalars, extras, hist_keys, hists, self.config.histogram_bins
+        )
+        self._send(packet)
+        if not self._facts_sent:
+            self._facts_sent = True
+            facts = self.guard.run("model facts", self.facts)
+            if facts is not None:
+                self._send(("facts", facts))
+
+    def _send(self, item: Any) -> None:
+        self.submit(item)
+
+    # -- model facts -----------------------------------------------------------------
+    def facts(self) -> dict[str, Any]:
+        """Model facts: per-layer kind, activation, forward order, fan-in; BatchNorm; batch size."""
+        assert self.model is not None
+        ff = self.acts.facts
+        order = {name: i for i, name in enumerate(ff.order)}
+        layers: dict[str, dict[str, Any]] = {}
+        for name, mod in self.acts.modules:
+            info = module_facts(mod)
+            info["forward_order"] = order.get(name)
+            info["out_shape"] = ff.out_shapes.get(name)
+            layers[name] = info
+        _link_activations(layers, ff.order)
+        in_opt = {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
+        params = {
+            n: {
+                "shape": list(p.shape),
+                "numel": p.numel(),
+                "trainable": p.requires_grad,
+                "in_optimizer": id(p) in in_opt,
+                "layer": n.rsplit(".", 1)[0] if "." in n else "",
+            }
+            for n, p in self.model.named_parameters()
+        }
+        return {
+            "layers": layers,
+            "params": params,
+            "forward_order": ff.order,
+            "has_batchnorm": any(v["is_batchnorm"] for v in layers.values()),
+            "batch_size": ff.batch_size,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "n_trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "optimizers": [_optimizer_facts(o) for o in self.optimizers],
+            "model_class": type(self.model).__name__,
+        }
+
+
+def _link_activations(layers: dict[str, dict[str, Any]], order: list[str]) -> None:
+    """Give each linear/conv/recurrent layer the activation that follows it in forward order."""
+    for i, name in enumerate(order):
+        if layers.get(name, {}).get("kind") not in ("linear", "conv"):
+            continue
+        follow = None
+        for nxt in order[i + 1 :]:
+            kind = layers.get(nxt, {}).get("kind")
+            if kind == "activation":
+                follow = layers[nxt]["activation"]
+                break
+            if kind in ("linear", "conv", "recurrent", "attention", "embedding"):
+                break
+        layers[name]["activation"] = follow
+
+
+def _optimizer_facts(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    groups = []
+    for g in opt.param_groups:
+        hp = {k: v for k, v in g.items() if k != "params" and isinstance(v, (int, float, bool, str, tuple))}
+        hp["n_params"] = sum(p.numel() for p in g["params"])
+        groups.append(hp)
+    return {"class": type(opt).__name__, "param_groups": groups}

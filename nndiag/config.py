@@ -1,0 +1,67 @@
+"""Typed, validated configuration of the recorder.
+
+Example:
+    >>> from nndiag.config import RecorderConfig
+    >>> RecorderConfig().update_ratio
+    'exact'
+    >>> RecorderConfig(update_ratio="fast")
+    Traceback (most recent call last):
+    ...
+    ValueError: update_ratio must be one of ('exact', 'sampled', 'off'), got 'fast'.
+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+UpdateRatioMode = Literal["exact", "sampled", "off"]
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    """What the recorder measures and how it writes.
+
+    Attributes:
+        histograms: also write activation and weight histograms to TensorBoard (off: they cost
+            a host copy of 2*bins+1 numbers per tensor per logging step, and disk space).
+        histogram_bins: number of histogram bins.
+        update_ratio: ``"exact"`` keeps one copy of the trainable parameters during a logging
+            step (the issue's budget); ``"sampled"`` keeps ``update_ratio_samples`` fixed random
+            elements per tensor (for very large models; an estimate of the ratio);
+            ``"off"`` records no update ratios.
+        update_ratio_samples: elements per tensor in ``"sampled"`` mode.
+        flush_seconds: the run store commits at least this often (crash-safe up to the last commit).
+        max_queue: logging steps that may wait for the background writer; beyond that a step's
+            statistics are dropped (with one warning) rather than stall training.
+        max_pending_losses: losses kept on the device between logging steps before an extra
+            transfer is made (bounds memory under sparse custom schedules).
+        memory_rows: history rows kept in memory; older rows stay in the run store and
+            ``history`` reads them back from there.
+        tensorboard: write scalars to TensorBoard.
+        store: write the SQLite run store.
+
+    """
+
+    histograms: bool = False  # off by default: heavier on disk and transfer
+    histogram_bins: int = 30  # enough resolution to see saturation piles at +-1
+    update_ratio: UpdateRatioMode = "exact"  # exact ratios; "sampled" for very large models
+    update_ratio_samples: int = 4096  # sampled mode: relative error of the ratio is ~1/sqrt(4096)
+    flush_seconds: float = 2.0  # at most ~2 s of statistics lost by a kill -9
+    max_queue: int = 256  # logging steps buffered for the writer thread
+    max_pending_losses: int = 1024  # device-side loss buffer before a forced transfer
+    memory_rows: int = 5_000_000  # ~5M rows (~120 MB) of history kept in memory
+    tensorboard: bool = True  # write TensorBoard scalars/text
+    store: bool = True  # write the SQLite run store
+
+    def __post_init__(self) -> None:
+        modes = get_args(UpdateRatioMode)
+        if self.update_ratio not in modes:
+            raise ValueError(f"update_ratio must be one of {modes}, got {self.update_ratio!r}.")
+        for name in ("histogram_bins", "update_ratio_samples", "max_queue", "max_pending_losses", "memory_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if not (isinstance(self.flush_seconds, (int, float)) and self.flush_seconds > 0):
+            raise ValueError(f"flush_seconds must be a positive number of seconds, got {self.flush_seconds!r}.")

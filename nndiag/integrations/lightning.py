@@ -1,0 +1,210 @@
+"""``DiagnosticsCallback``: the Lightning adapter (works with ``lightning.pytorch`` and ``pytorch_lightning``).
+
+The class derives from the ``Callback`` base of every Lightning package that is
+installed, so the same object is accepted by ``lightning.pytorch.Trainer`` and by
+``pytorch_lightning.Trainer``.
+
+Logged metrics (through the trainer's ``TensorBoardLogger``, else nndiag's own writer
+in ``trainer.log_dir``):
+    * ``nndiag/<stat>/<layer>`` for act_mean, act_std, dead_frac, sat_frac, nonfinite
+      (per recorded module and the model ``input``), grad_norm, weight_norm,
+      update_ratio (per parameter tensor) and lr (per optimizer / parameter group);
+    * ``nndiag/loss`` and ``nndiag/grad_norm_total``;
+    * ``nndiag/act_hist/<layer>`` when ``histograms=True``;
+    * ``nndiag/diagnoses``: Markdown table of diagnoses.
+
+The run store ``nndiag.sqlite`` is written to ``trainer.log_dir``.
+
+Example:
+    >>> from nndiag import DiagnosticsCallback
+    >>> cb = DiagnosticsCallback(schedule=1)
+    >>> cb.history.empty, cb.diagnoses
+    (True, [])
+
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import pandas as pd
+
+from nndiag.config import RecorderConfig
+from nndiag.diagnosis import Diagnosis
+from nndiag.guard import ErrorGuard, NndiagInternalWarning
+from nndiag.integrations.options import build_config
+from nndiag.schedule import Schedule, resolve_schedule
+from nndiag.session import Session
+from nndiag.sinks.memory import MemoryHistory
+
+
+def _callback_bases() -> tuple[type, ...]:
+    bases = []
+    for mod in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            bases.append(importlib.import_module(mod).Callback)
+        except ImportError:
+            continue
+    if not bases:
+        raise ImportError(
+            "DiagnosticsCallback needs Lightning: pip install lightning (or pytorch-lightning). "
+            "For plain PyTorch loops use nndiag.Monitor."
+        )
+    return tuple(bases)
+
+
+def _framework(trainer: Any) -> str:
+    return type(trainer).__module__.split(".")[0]
+
+
+def _tensorboard_writer(trainer: Any) -> Any:
+    """The SummaryWriter of the trainer's first TensorBoard logger, if any."""
+    for logger in getattr(trainer, "loggers", []) or []:
+        if "TensorBoard" in type(logger).__name__:
+            exp = logger.experiment
+            if hasattr(exp, "add_scalar"):
+                return exp
+    return None
+
+
+def _loss_of(outputs: Any) -> Any:
+    if outputs is None:
+        return None
+    if isinstance(outputs, dict):
+        return outputs.get("loss")
+    if hasattr(outputs, "detach"):
+        return outputs
+    return None
+
+
+class _DiagnosticsCallbackImpl:
+    """Lightning hook implementations over one :class:`~nndiag.session.Session`."""
+
+    def __init__(self, schedule: Schedule = None, *, config: RecorderConfig | None = None, **options: Any) -> None:
+        resolve_schedule(schedule)  # validate now: a clear error at construction
+        self.schedule = schedule
+        self.config = build_config(config, options)
+        self.guard = ErrorGuard()
+        self.session: Session | None = None
+        self._start_step = 0
+        self._empty = MemoryHistory()
+        self.diagnoses: list[Diagnosis] = []
+
+    # -- results ---------------------------------------------------------------------
+    @property
+    def history(self) -> pd.DataFrame:
+        """Recorded statistics: long-format DataFrame with columns step, layer, stat, value."""
+        return self._empty.frame() if self.session is None else self.session.history
+
+    @property
+    def log_dir(self) -> str | None:
+        """Where the run store and (without a TensorBoard logger) the event files are written."""
+        if self.session is None or self.session.log_dir is None:
+            return None
+        return str(self.session.log_dir)
+
+    # -- Lightning hooks -------------------------------------------------------------
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.guard.run("callback start", self._start, trainer, pl_module)
+
+    def _start(self, trainer: Any, pl_module: Any) -> None:
+        if self.session is not None and not self.session.closed:
+            self.session.close()
+        if not trainer.is_global_zero:
+            return  # only rank 0 records for now (distributed aggregation is tracked separately)
+        writer = None
+        if self.config.tensorboard:
+            writer = self.guard.run("tensorboard logger", _tensorboard_writer, trainer)
+        meta = {
+            "framework": _framework(trainer),
+            "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", None),
+            "precision": str(getattr(trainer, "precision", "")),
+            "world_size": getattr(trainer, "world_size", 1),
+        }
+        self.session = Session(
+            pl_module,
+            trainer.optimizers,
+            trainer.log_dir,
+            config=self.config,
+            schedule=self.schedule,
+            tb_writer=writer,
+            meta=meta,
+            start_step=self._start_step,
+            guard=self.guard,
+        )
+        self.diagnoses = self.session.diagnoses
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.session is not None:
+            self.guard.run("batch start", self.session.begin_batch)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self.session is not None:
+            self.guard.run("gradient statistics", self.session.capture_grads, optimizer)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.session is not None:
+            self.guard.run("batch end", self.session.end_batch, _loss_of(outputs))
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._close("finished")
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._close("failed")
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._close("finished")
+
+    def _close(self, status: str) -> None:
+        if self.session is not None and not self.session.closed:
+            self._start_step = self.session.step
+            self.guard.run("callback close", self.session.close, status)
+
+    # -- checkpointing ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        step = self.session.step if self.session is not None else self._start_step
+        return {"nndiag_state_version": 1, "step": step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        step = state_dict.get("step")
+        if isinstance(step, int) and step >= 0:
+            self._start_step = step
+        else:
+            warnings.warn(
+                "nndiag: ignoring an unreadable callback state in the checkpoint.", NndiagInternalWarning, stacklevel=2
+            )
+
+
+def _make_class() -> type:
+    bases = _callback_bases()
+    doc = _DiagnosticsCallbackImpl.__doc__
+    return type(
+        "DiagnosticsCallback",
+        (_DiagnosticsCallbackImpl, *bases),
+        {"__module__": __name__, "__doc__": doc, "__qualname__": "DiagnosticsCallback"},
+    )
+
+
+DiagnosticsCallback = _make_class()
+DiagnosticsCallback.__doc__ = """Records per-layer training statistics in a Lightning ``Trainer``.
+
+Args:
+    schedule: which optimizer steps are logging steps: ``None`` for the built-in schedule
+        (every step for the first 20, every 10th until step 200, then every 50th), an int
+        ``N`` for every N-th step, or a callable ``step -> bool``.
+    config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields
+        (``histograms=True``, ``update_ratio="sampled"``, ...).
+
+Attributes:
+    history: pandas DataFrame (step, layer, stat, value).
+    diagnoses: list of :class:`~nndiag.Diagnosis`.
+
+Example:
+    >>> from nndiag import DiagnosticsCallback
+    >>> DiagnosticsCallback(schedule=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: schedule must be None (built-in), a positive int (log every N steps) or a callable step -> bool; got 0. Use schedule=1 to log every step.
+"""

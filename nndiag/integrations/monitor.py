@@ -1,0 +1,130 @@
+"""``Monitor``: nndiag for plain PyTorch training loops.
+
+Call ``mon.step(loss)`` once per batch, after ``optimizer.step()`` (or after the
+backward pass of a batch that does not step, under gradient accumulation). Steps are
+counted by the optimizer's own step hooks, so accumulation and AMP-skipped steps are
+counted right; the loss of the batches of one optimizer step is averaged.
+
+Gradients are read when ``optimizer.step()`` runs, i.e. after any clipping your loop
+does (the Lightning callback reads them before Lightning's clipping).
+
+Logs go to ``<log_dir>/version_<N>`` (the next free N, as Lightning does): TensorBoard
+event files and the run store ``nndiag.sqlite``. ``log_dir=None`` records in memory only.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from nndiag import Monitor
+    >>> model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    >>> with Monitor(model, opt, log_dir=None, schedule=1) as mon:
+    ...     for _ in range(5):
+    ...         x, y = torch.randn(64, 10), torch.randint(0, 2, (64,))
+    ...         loss = nn.functional.cross_entropy(model(x), y)
+    ...         loss.backward(); opt.step(); opt.zero_grad()
+    ...         mon.step(loss)
+    >>> h = mon.history
+    >>> int(h[h.stat == "loss"].step.max()), sorted(h[h.layer == "1"].stat.unique())
+    (4, ['act_mean', 'act_std', 'dead_frac', 'nonfinite'])
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from nndiag.config import RecorderConfig
+from nndiag.diagnosis import Diagnosis
+from nndiag.integrations.options import build_config
+from nndiag.schedule import Schedule, resolve_schedule
+from nndiag.session import Session
+
+
+def next_version_dir(root: str | Path) -> Path:
+    """``root/version_N`` for the smallest N not used yet."""
+    root = Path(root)
+    n = 0
+    while (root / f"version_{n}").exists():
+        n += 1
+    return root / f"version_{n}"
+
+
+class Monitor:
+    """Records per-layer statistics of a model trained by a plain PyTorch loop.
+
+    Args:
+        model: the model being trained.
+        optimizer: its optimizer, or a sequence of optimizers.
+        log_dir: parent folder of the run's ``version_N`` folder, or ``None`` (memory only).
+        schedule: logging steps, as for :class:`~nndiag.DiagnosticsCallback`.
+        config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields.
+
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        log_dir: str | Path | None = "runs/nndiag",
+        *,
+        schedule: Schedule = None,
+        config: RecorderConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Monitor expects an nn.Module as model, got {type(model).__name__}.")
+        optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        for opt in optimizers:
+            if not hasattr(opt, "param_groups"):
+                raise TypeError(
+                    f"Monitor expects a torch optimizer (or a list of them), got {type(opt).__name__}; "
+                    "pass the optimizer that trains the model."
+                )
+        resolve_schedule(schedule)
+        cfg = build_config(config, options)
+        run_dir = next_version_dir(log_dir) if log_dir is not None else None
+        self.session = Session(model, optimizers, run_dir, config=cfg, schedule=schedule, meta={"framework": "torch"})
+        self.session.begin_batch()
+
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        """Mark the end of a batch (call after ``optimizer.step()``), with its loss.
+
+        The loss tensor is kept on the device; no host synchronisation happens here.
+        """
+        self.session.end_batch(loss)
+        self.session.begin_batch()
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Recorded statistics: long-format DataFrame with columns step, layer, stat, value."""
+        return self.session.history
+
+    @property
+    def diagnoses(self) -> list[Diagnosis]:
+        """Diagnoses of this run."""
+        return self.session.diagnoses
+
+    @property
+    def log_dir(self) -> str | None:
+        """The run's folder (``<log_dir>/version_N``), or ``None`` in memory-only mode."""
+        return None if self.session.log_dir is None else str(self.session.log_dir)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps counted so far."""
+        return self.session.step
+
+    def close(self, status: str = "finished") -> None:
+        """Flush everything and remove all hooks (idempotent; ``with`` does it for you)."""
+        self.session.close(status)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close("failed" if exc_type is not None else "finished")

@@ -1,0 +1,157 @@
+"""The background writer: decodes packets off the training thread and feeds every sink.
+
+The training thread only enqueues (never blocks: when the queue is full the step is
+dropped with one warning). The writer thread waits for the packet's host copy,
+decodes it into rows and writes memory history, run store and TensorBoard; the
+store is committed every ``flush_seconds``. Each sink is guarded separately, so a
+full disk stops the store, not TensorBoard or ``cb.history``.
+
+Example:
+    >>> import torch
+    >>> from nndiag.collect.packet import Packet
+    >>> from nndiag.pipeline import Pipeline
+    >>> from nndiag.sinks.memory import MemoryHistory
+    >>> mem = MemoryHistory()
+    >>> pipe = Pipeline(memory=mem)
+    >>> pipe.submit(Packet.build(0, losses=torch.tensor([1.5]), loss_steps=[0]))
+    >>> pipe.close()
+    >>> mem.frame().value.tolist()
+    [1.5]
+
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from typing import Any
+
+from nndiag.collect.packet import Packet
+from nndiag.diagnosis import Diagnosis
+from nndiag.guard import ErrorGuard, NndiagInternalWarning
+from nndiag.sinks.memory import MemoryHistory
+from nndiag.sinks.tensorboard import TensorBoardSink
+from nndiag.store.writer import RunStore
+
+_STOP = object()
+
+
+class Pipeline:
+    """Owns the writer thread and the sinks."""
+
+    def __init__(
+        self,
+        memory: MemoryHistory | None = None,
+        store: RunStore | None = None,
+        tensorboard: TensorBoardSink | None = None,
+        guard: ErrorGuard | None = None,
+        flush_seconds: float = 2.0,
+        max_queue: int = 256,
+    ) -> None:
+        self.memory = memory or MemoryHistory()
+        self.store = store
+        self.tensorboard = tensorboard
+        self.guard = guard or ErrorGuard()
+        self.flush_seconds = flush_seconds
+        self.facts: dict[str, Any] = {}
+        self.dropped = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._last_flush = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="nndiag-writer", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    # -- training thread -------------------------------------------------------------
+    def submit(self, item: Any) -> None:
+        """Enqueue a :class:`Packet`, ``("facts", dict)`` or ``("diagnoses", step, list)``; never blocks."""
+        if self._closed:
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                warnings.warn(
+                    "nndiag: the background writer is behind; statistics of some logging steps are being dropped "
+                    "to keep training at full speed. Use a sparser schedule to avoid this.",
+                    NndiagInternalWarning,
+                    stacklevel=2,
+                )
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until everything submitted so far is written and committed; False on timeout."""
+        if self._closed or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        try:
+            self._queue.put(("callback", done.set), timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, status: str = "finished", timeout: float = 60.0) -> None:
+        """Write everything pending, stop the thread and close the sinks."""
+        if self._closed:
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+        self._closed = True
+        if self.store is not None:
+            self.guard.run("run store", self.store.close, status)
+        if self.tensorboard is not None:
+            self.guard.run("tensorboard", self.tensorboard.close)
+
+    # -- writer thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                self._flush()
+                continue
+            if item is _STOP:
+                self._flush()
+                return
+            self.guard.run("background writer", self._handle, item)
+            if time.monotonic() - self._last_flush >= self.flush_seconds:
+                self._flush()
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, Packet):
+            rows = item.decode()
+            self.memory.write_rows(rows)
+            if self.store is not None:
+                self.guard.run("run store", self.store.write_rows, rows)
+            if self.tensorboard is not None:
+                self.guard.run("tensorboard", self.tensorboard.write_rows, rows)
+                if item.hist_keys:
+                    self.guard.run(
+                        "tensorboard histograms", self.tensorboard.write_histograms, item.step, item.histograms()
+                    )
+        elif item[0] == "facts":
+            self.facts = item[1]
+            if self.store is not None:
+                self.guard.run("run store", self.store.write_meta, "facts", item[1])
+        elif item[0] == "diagnoses":
+            self._write_diagnoses(item[1], item[2])
+        elif item[0] == "callback":
+            self._flush()
+            item[1]()
+
+    def _write_diagnoses(self, step: int, diagnoses: list[Diagnosis]) -> None:
+        if self.store is not None:
+            self.guard.run("run store", self.store.write_diagnoses, diagnoses)
+        if self.tensorboard is not None:
+            self.guard.run("tensorboard", self.tensorboard.write_diagnoses, step, diagnoses)
+
+    def _flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if self.store is not None:
+            self.guard.run("run store", self.store.flush)
+        if self.tensorboard is not None:
+            self.guard.run("tensorboard", self.tensorboard.flush)

@@ -1,0 +1,123 @@
+"""TensorBoard output: scalars ``nndiag/<stat>/<layer>``, optional histograms, diagnoses text.
+
+Works with any SummaryWriter-like object (``torch.utils.tensorboard`` or tensorboardX),
+in particular the ``experiment`` of Lightning's ``TensorBoardLogger``.
+
+Logged tags:
+    * ``nndiag/<stat>/<layer>`` for every per-layer statistic (act_mean, act_std, dead_frac,
+      sat_frac, nonfinite, grad_norm, weight_norm, update_ratio, lr);
+    * ``nndiag/<stat>`` for run-wide statistics (loss, grad_norm_total);
+    * ``nndiag/act_hist/<layer>`` histograms when enabled;
+    * ``nndiag/diagnoses`` Markdown table of the diagnoses.
+
+Example:
+    >>> from nndiag.sinks.tensorboard import tag_for
+    >>> tag_for("act_std", "encoder.0"), tag_for("loss", "")
+    ('nndiag/act_std/encoder.0', 'nndiag/loss')
+
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nndiag.diagnosis import Diagnosis
+from nndiag.rows import Rows
+
+
+def tag_for(stat: str, layer: str) -> str:
+    """TensorBoard tag of one statistic."""
+    return f"nndiag/{stat}/{layer}" if layer else f"nndiag/{stat}"
+
+
+def markdown_escape(text: str) -> str:
+    """Escape a model-supplied string for a Markdown table cell (no HTML, no table breaks)."""
+    out = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    for ch in "<>&`*_[]":
+        out = out.replace(ch, f"&#{ord(ch)};")
+    return out
+
+
+def diagnoses_markdown(diagnoses: list[Diagnosis]) -> str:
+    """The diagnoses as a Markdown table (severity, code, step, layer, message, first fix)."""
+    lines = ["| severity | code | step | layer | message | first fix |", "|---|---|---|---|---|---|"]
+    for d in diagnoses:
+        fix = d.suggestions[0] if d.suggestions else ""
+        cells = [d.severity, d.code, str(d.step), d.layer or "", d.message, fix]
+        lines.append("| " + " | ".join(markdown_escape(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+class TensorBoardSink:
+    """Writes rows to a SummaryWriter-like ``writer``; ``owns_writer`` closes it at the end."""
+
+    def __init__(self, writer: Any, owns_writer: bool = False) -> None:
+        self.writer = writer
+        self.owns_writer = owns_writer
+
+    def write_rows(self, rows: Rows) -> None:
+        """One scalar per row, batched into one event per step where the writer allows it.
+
+        A TensorBoard ``Summary`` may carry many values; writing one event per step instead of
+        one per scalar cuts the writer's CPU time several-fold (it shares the machine with
+        training). Writers without ``_get_file_writer`` get plain ``add_scalar`` calls.
+        """
+        steps = rows.step.tolist()
+        values = rows.value.tolist()
+        tags = [tag_for(stat, layer) for layer, stat in zip(rows.layers, rows.stats, strict=True)]
+        file_writer = self._file_writer()
+        if file_writer is None:
+            for tag, value, step in zip(tags, values, steps, strict=True):
+                self.writer.add_scalar(tag, value, step)
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        by_step: dict[int, list[Summary.Value]] = {}
+        for tag, value, step in zip(tags, values, steps, strict=True):
+            by_step.setdefault(step, []).append(Summary.Value(tag=tag, simple_value=value))
+        for step, vals in by_step.items():
+            file_writer.add_summary(Summary(value=vals), step)
+
+    def _file_writer(self) -> Any:
+        get = getattr(self.writer, "_get_file_writer", None)
+        if get is None or type(self.writer).__module__.split(".")[0] != "torch":
+            return None
+        return get()
+
+    def write_histograms(self, step: int, hists: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
+        """Histograms given as (layer, stat, edges, counts)."""
+        for layer, stat, edges, counts in hists:
+            num = float(counts.sum())
+            if num <= 0 or not np.all(np.isfinite(edges)):
+                continue
+            centers = (edges[:-1] + edges[1:]) / 2
+            self.writer.add_histogram_raw(
+                tag_for(stat, layer),
+                min=float(edges[0]),
+                max=float(edges[-1]),
+                num=num,
+                sum=float((centers * counts).sum()),
+                sum_squares=float((centers**2 * counts).sum()),
+                bucket_limits=edges[1:].tolist(),
+                bucket_counts=counts.tolist(),
+                global_step=step,
+            )
+
+    def write_diagnoses(self, step: int, diagnoses: list[Diagnosis]) -> None:
+        """The diagnoses as one Markdown table under ``nndiag/diagnoses``."""
+        if diagnoses:
+            self.writer.add_text("nndiag/diagnoses", diagnoses_markdown(diagnoses), step)
+
+    def flush(self) -> None:
+        """Flush the writer's event file."""
+        flush = getattr(self.writer, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        """Flush, and close the writer if nndiag created it."""
+        self.flush()
+        if self.owns_writer:
+            self.writer.close()

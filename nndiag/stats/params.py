@@ -1,0 +1,35 @@
+"""On-device norms of parameter tensors, batched with ``torch._foreach_norm``.
+
+Example:
+    >>> import torch
+    >>> from nndiag.stats.params import norms
+    >>> norms([torch.ones(4), torch.zeros(2)]).tolist()
+    [2.0, 0.0]
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor, stacked into one fp32 tensor on the first tensor's device.
+
+    Tensors on several devices are grouped per device and the results moved to the
+    first device (model-parallel models); empty input gives an empty tensor.
+    """
+    if not tensors:
+        return torch.zeros(0)
+    device = tensors[0].device
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    out = torch.empty(len(tensors), device=device, dtype=torch.float32)
+    for dev, idx in by_device.items():
+        group = [tensors[i] if tensors[i].dtype in (torch.float32, torch.float64) else tensors[i].float() for i in idx]
+        vals = torch.stack([v.float() for v in torch._foreach_norm(group)])
+        out[torch.tensor(idx, device=device)] = vals.to(device, non_blocking=True)
+    return out

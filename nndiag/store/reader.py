@@ -1,0 +1,144 @@
+"""Reading a run store back: :func:`load_run`.
+
+Loading never unpickles anything and never modifies the run; it works on finished
+runs and on runs that were killed mid-way (everything up to the last commit loads).
+
+Example:
+    >>> from nndiag import load_run
+    >>> load_run("/nonexistent")
+    Traceback (most recent call last):
+    ...
+    nndiag.store.reader.RunNotFoundError: /nonexistent does not exist; pass the log directory of a run recorded by nndiag (the folder holding nndiag.sqlite).
+
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nndiag.diagnosis import Diagnosis
+from nndiag.rows import COLUMNS
+from nndiag.store.schema import SCHEMA_VERSION, STORE_FILENAME
+
+
+class RunNotFoundError(FileNotFoundError):
+    """The path is not an nndiag run (or holds several); the message says what to pass instead."""
+
+
+class CorruptRunError(RuntimeError):
+    """The run store exists but cannot be read."""
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run read back from its store. Unpacks as ``history, diagnoses = load_run(...)``.
+
+    Attributes:
+        history: long-format DataFrame with columns step, layer, stat, value.
+        diagnoses: the run's diagnoses.
+        facts: model facts (layers, parameters, optimizers, batch size, ...).
+        meta: store metadata (status, versions, framework, config).
+        path: the store file.
+
+    """
+
+    history: pd.DataFrame
+    diagnoses: list[Diagnosis]
+    facts: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.history, self.diagnoses))
+
+
+def find_store(path: str | Path) -> Path:
+    """Locate the store file for ``path`` (a store file, a run dir, or a dir with exactly one run)."""
+    p = Path(path)
+    if not p.exists():
+        raise RunNotFoundError(
+            f"{p} does not exist; pass the log directory of a run recorded by nndiag (the folder holding {STORE_FILENAME})."
+        )
+    if p.is_file():
+        return p
+    direct = p / STORE_FILENAME
+    if direct.is_file():
+        return direct
+    found = sorted(q.parent for q in p.glob(f"**/{STORE_FILENAME}"))
+    if len(found) == 1:
+        return found[0] / STORE_FILENAME
+    if not found:
+        raise RunNotFoundError(
+            f"{p} holds no nndiag run ({STORE_FILENAME} not found under it); pass the run's log directory, "
+            "e.g. runs/lightning_logs/version_0."
+        )
+    listing = ", ".join(str(f) for f in found[:10]) + (" ..." if len(found) > 10 else "")
+    raise RunNotFoundError(f"{p} holds {len(found)} nndiag runs; pass one of them: {listing}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.Error:
+        # a read-only open of a WAL database needs its -shm file; fall back to a normal open
+        try:
+            conn = sqlite3.connect(path)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as exc:
+            raise CorruptRunError(f"{path} is not a readable nndiag run store ({exc}).") from exc
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Read a finished or killed run back.
+
+    Args:
+        path: the run's log directory (``runs/lightning_logs/version_0``), its
+            ``nndiag.sqlite``, or a folder holding exactly one run.
+
+    Returns:
+        A :class:`LoadedRun`; ``history, diagnoses = load_run(path)`` unpacks it.
+
+    Raises:
+        RunNotFoundError: no run (or several runs) at ``path``.
+        CorruptRunError: the store cannot be read.
+
+    """
+    store = find_store(path)
+    conn = _connect(store)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "series", "scalars"} <= tables:
+            raise CorruptRunError(f"{store} is an SQLite file but not an nndiag run store (tables missing).")
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        version = meta.get("schema_version")
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise CorruptRunError(
+                f"{store} was written by a newer nndiag (store schema {version}, this nndiag reads up to "
+                f"{SCHEMA_VERSION}); upgrade nndiag to read it."
+            )
+        history = pd.read_sql_query(
+            "SELECT s.step AS step, r.layer AS layer, r.stat AS stat, s.value AS value "
+            "FROM scalars s JOIN series r ON s.series = r.id ORDER BY s.step, s.rowid",
+            conn,
+        )
+        history = history.astype({"step": "int64", "value": "float64"})[COLUMNS]
+        diagnoses = []
+        if "diagnoses" in tables:
+            for (data,) in conn.execute("SELECT data FROM diagnoses ORDER BY step, code"):
+                diagnoses.append(Diagnosis.from_dict(json.loads(data)))
+    except sqlite3.DatabaseError as exc:
+        raise CorruptRunError(f"{store} is damaged and cannot be read ({exc}).") from exc
+    finally:
+        conn.close()
+    facts = meta.pop("facts", {}) or {}
+    return LoadedRun(history=history, diagnoses=diagnoses, facts=facts, meta=meta, path=store)
