@@ -131,7 +131,9 @@ def main() -> None:
         base_mean = statistics.fmean(times["plain"])
         for mode, t in times.items():
             med, mean = statistics.median(t), statistics.fmean(t)
-            print(f"{name:6} {mode:8} {med * 1e3:10.2f} {mean * 1e3:9.2f} {med / base_med:9.3f} {mean / base_mean:7.3f}")
+            print(
+                f"{name:6} {mode:8} {med * 1e3:10.2f} {mean * 1e3:9.2f} {med / base_med:9.3f} {mean / base_mean:7.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 from nndiag._version import __version__
 from nndiag.store.reader import CorruptRunError, RunNotFoundError, load_run
-from nndiag.summary import layer_summary, run_overview
+from nndiag.summary import ACTIVATION_STATS, PARAMETER_STATS, layer_summary, render_text, run_overview
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -69,15 +69,25 @@ def _show(run_dir: str, as_json: bool) -> int:
         }
         print(json.dumps(_clean(doc), indent=2))
         return EXIT_OK
-    note = "" if status == "finished" else f" (status: {status}; the run did not finish cleanly, showing what was stored)"
+    note = (
+        "" if status == "finished" else f" (status: {status}; the run did not finish cleanly, showing what was stored)"
+    )
     print(f"{run.path}{note}")
     loss = (
-        f"; loss {overview['loss_first']:.4g} -> {overview['loss_last']:.4g}" if overview["loss_first"] is not None else ""
+        f"; loss {overview['loss_first']:.4g} -> {overview['loss_last']:.4g}"
+        if overview["loss_first"] is not None
+        else ""
     )
-    print(f"{overview['optimizer_steps']} optimizer steps, {overview['logging_steps']} logging steps, {overview['layers']} layers{loss}")
+    print(
+        f"{overview['optimizer_steps']} optimizer steps, {overview['logging_steps']} logging steps, "
+        f"{overview['layers']} layers{loss}"
+    )
     if not summary.empty:
-        print(summary.to_string(float_format=lambda v: f"{v:.3g}"))
-    print(f"{len(run.diagnoses)} diagnoses")
+        print("\nActivations (first -> last logging step):")
+        print(render_text(summary, ACTIVATION_STATS))
+        print("\nParameters (first -> last logging step):")
+        print(render_text(summary, PARAMETER_STATS))
+    print(f"\n{len(run.diagnoses)} diagnoses")
     for d in run.diagnoses:
         print(f"  [{d.severity}] {d.code} at step {d.step} ({d.layer or 'run'}): {d.message}")
     return EXIT_OK
@@ -101,3 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

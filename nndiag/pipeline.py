@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -95,10 +96,8 @@ class Pipeline:
         """Write everything pending, stop the thread and close the sinks."""
         if self._closed:
             return
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            pass
         self._thread.join(timeout)
         self._closed = True
         if self.store is not None:

@@ -20,8 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ class Session:
         self.recorder = Recorder(model, optimizers, self.pipeline.submit, self.config, schedule, self.guard, start_step)
         self.recorder.attach()
         self.closed = False
+        self._atexit = _close_at_exit(weakref.ref(self))
+        atexit.register(self._atexit)
 
     def _open_store(self, meta: dict[str, Any] | None) -> RunStore | None:
         assert self.log_dir is not None
@@ -144,14 +148,31 @@ class Session:
         return self.pipeline.facts
 
     def close(self, status: str = "finished") -> None:
-        """Flush everything, remove hooks and close the sinks (idempotent)."""
+        """Flush everything, remove hooks and close the sinks (idempotent).
+
+        ``status`` is stored in the run's metadata: ``finished``, ``failed`` (the training
+        raised), ``interrupted`` (KeyboardInterrupt) or ``exited`` (the process ended without
+        ``close()``; nndiag flushed at exit). A killed process leaves ``running``.
+        """
         if self.closed:
             return
+        atexit.unregister(self._atexit)
         self.guard.run("recorder close", self.recorder.close)
         self.pipeline.close(status)
         self.closed = True
         where = f" to {self.log_dir}" if self.log_dir is not None and self.pipeline.store is not None else ""
         log.info("nndiag: recorded %d optimizer steps%s", self.recorder.step, where)
+
+
+def _close_at_exit(ref: weakref.ref[Session]) -> Any:
+    """An atexit callback that flushes a session the user never closed (status ``exited``)."""
+
+    def close() -> None:
+        session = ref()
+        if session is not None and not session.closed:
+            session.close("exited")
+
+    return close
 
 
 def _config_meta(config: RecorderConfig) -> dict[str, Any]:

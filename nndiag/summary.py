@@ -4,7 +4,7 @@ Example:
     >>> import pandas as pd
     >>> from nndiag.summary import layer_summary
     >>> h = pd.DataFrame({"step": [0, 5], "layer": ["fc", "fc"], "stat": ["act_std", "act_std"], "value": [1.0, 0.5]})
-    >>> layer_summary(h).loc["fc", "act_std last"]
+    >>> float(layer_summary(h).loc["fc", "act_std last"])
     0.5
 """
 
@@ -14,10 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-KEY_STATS = ("act_std", "dead_frac", "sat_frac", "nonfinite", "grad_norm", "update_ratio")
+ACTIVATION_STATS = ("act_mean", "act_std", "dead_frac", "sat_frac", "nonfinite")
+PARAMETER_STATS = ("grad_norm", "weight_norm", "update_ratio")
+KEY_STATS = ACTIVATION_STATS + PARAMETER_STATS
 
 
-def layer_summary(history: pd.DataFrame, facts: dict[str, Any] | None = None, stats: tuple[str, ...] = KEY_STATS) -> pd.DataFrame:
+def layer_summary(
+    history: pd.DataFrame, facts: dict[str, Any] | None = None, stats: tuple[str, ...] = KEY_STATS
+) -> pd.DataFrame:
     """One row per layer/parameter (forward order when known), columns ``<stat> first`` / ``<stat> last``."""
     h = history[history.stat.isin(stats) & (history.layer != "")]
     if h.empty:
@@ -27,7 +31,7 @@ def layer_summary(history: pd.DataFrame, facts: dict[str, Any] | None = None, st
     table = pd.concat({"first": grouped.first(), "last": grouped.last()}, axis=1).unstack("stat")
     table.columns = [f"{stat} {when}" for when, stat in table.columns]
     ordered = [f"{s} {w}" for s in stats for w in ("first", "last") if f"{s} {w}" in table.columns]
-    table = table[ordered]
+    table = table[ordered].dropna(axis=1, how="all")
     order = (facts or {}).get("forward_order") or []
     rank = {name: i for i, name in enumerate(["input", *order])}
     keys = sorted(table.index, key=lambda n: (rank.get(n, rank.get(n.rsplit(".", 1)[0], len(rank)) + 0.5), n))
@@ -40,7 +44,34 @@ def run_overview(history: pd.DataFrame) -> dict[str, Any]:
     return {
         "optimizer_steps": int(history.step.max()) + 1 if len(history) else 0,
         "logging_steps": int(history[history.stat == "grad_norm_total"].step.nunique()),
-        "layers": int(history[history.stat == "act_std"].layer.nunique()),
+        "layers": int(history[(history.stat == "act_std") & (history.layer != "input")].layer.nunique()),
         "loss_first": float(loss.value.iloc[0]) if len(loss) else None,
         "loss_last": float(loss.value.iloc[-1]) if len(loss) else None,
     }
+
+
+def render_text(summary: pd.DataFrame, stats: tuple[str, ...]) -> str:
+    """A compact text table: one column per statistic, cells ``first -> last``.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"act_std first": [1.0], "act_std last": [0.5]}, index=["fc"])
+        >>> print(render_text(t, ("act_std",)))
+             act_std
+        fc  1 -> 0.5
+    """
+    cols: dict[str, list[str]] = {}
+    for name in stats:
+        first, last = f"{name} first", f"{name} last"
+        if first not in summary.columns:
+            continue
+        cells = [
+            "" if pd.isna(a) and pd.isna(b) else f"{a:.3g} -> {b:.3g}"
+            for a, b in zip(summary[first], summary[last], strict=True)
+        ]
+        if any(cells):
+            cols[name] = cells
+    if not cols:
+        return "(none)"
+    table = pd.DataFrame(cols, index=summary.index).rename_axis(None)
+    return table[(table != "").any(axis=1)].to_string()

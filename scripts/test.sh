@@ -4,6 +4,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" test
 ruff check nndiag tests examples benchmarks
 ruff format --check nndiag tests examples benchmarks
+mypy nndiag
 set +e
 python -m pytest "$@"
 rc=$?

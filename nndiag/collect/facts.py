@@ -110,11 +110,44 @@ _CHANNELS_FIRST_NORMS = (
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
+# Class-name fragments of activation modules from other libraries (e.g. Hugging Face's
+# GELUActivation, NewGELUActivation, QuickGELUActivation), most specific first.
+_NAME_HINTS = (
+    ("leakyrelu", "leaky_relu"),
+    ("relu6", "relu6"),
+    ("relu", "relu"),
+    ("gelu", "gelu"),
+    ("silu", "silu"),
+    ("swish", "silu"),
+    ("mish", "mish"),
+    ("elu", "elu"),
+    ("tanh", "tanh"),
+    ("sigmoid", "sigmoid"),
+)
+
+
 def activation_name(module: nn.Module) -> str | None:
-    """Activation family of an activation module (``"relu"``, ``"tanh"``, ...), else ``None``."""
+    """Activation family of an activation module (``"relu"``, ``"tanh"``, ...), else ``None``.
+
+    Besides ``torch.nn`` activations, parameter-free modules of other libraries are recognised
+    by class name (``GELUActivation`` -> ``"gelu"``).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> class NewGELUActivation(nn.Module): ...
+        >>> class ParallelUnit(nn.Module): ...
+        >>> activation_name(NewGELUActivation()), activation_name(ParallelUnit()), activation_name(nn.Linear(2, 2))
+        ('gelu', None, None)
+    """
     for cls in type(module).__mro__:
         if cls in _ACTIVATIONS:
             return _ACTIVATIONS[cls]
+    if type(module).__module__.startswith("torch.") or next(module.parameters(recurse=False), None) is not None:
+        return None
+    name = type(module).__name__.lower().removesuffix("activation").removesuffix("module")
+    for hint, family in _NAME_HINTS:
+        if name.endswith(hint):
+            return family
     return None
 
 

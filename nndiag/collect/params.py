@@ -135,13 +135,19 @@ class ParamCollector:
                 values += torch._foreach_norm([_f32(p.detach()) for _, p in self.named])
             else:
                 live = [p.detach() for _, p in self.named]
-                after = live if self.mode == "exact" else [p.reshape(-1)[self._indices(p)] for p in live]
+                # sample indices are keyed by the parameter itself (a detached view is a new object each call)
+                after = (
+                    live
+                    if self.mode == "exact"
+                    else [t.reshape(-1)[self._indices(p)] for t, (_, p) in zip(live, self.named, strict=True)]
+                )
                 before = self.before if self.mode == "exact" else live
-                keys += [(n, "_wb") for n in names] + [(n, "_delta") for n in names]
+                keys += [(n, "_wb") for n in names]
                 values += self.before_norms or torch._foreach_norm([_f32(b) for b in before])
                 if self.mode == "sampled":  # the ratio is estimated on the sampled elements
                     keys += [(n, "_wbs") for n in names]
                     values += torch._foreach_norm([_f32(b) for b in self.before])
+                keys += [(n, "_delta") for n in names]  # keys and values in the same order
                 values += [_distance(a, b) for a, b in zip(after, self.before, strict=True)]
         self.reset()
         return keys, values

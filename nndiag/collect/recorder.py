@@ -134,15 +134,24 @@ class Recorder:
 
     def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._logging and not self.closed:
+            if _step_closure(args, kwargs) is None:  # with a closure, backward runs inside step(): too early
+                self.guard.run(
+                    "gradient statistics",
+                    self.params.capture_grads,
+                    [p for g in optimizer.param_groups for p in g["params"]],
+                )
+            self.guard.run("weight snapshot", self.params.snapshot)
+
+    def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._stepped = True
+        if self._logging and not self.closed and _step_closure(args, kwargs) is not None:
+            # closure-driven step: gradients not captured after the closure (Lightning's
+            # on_before_optimizer_step) are read now, as the closure computed them
             self.guard.run(
                 "gradient statistics",
                 self.params.capture_grads,
                 [p for g in optimizer.param_groups for p in g["params"]],
             )
-            self.guard.run("weight snapshot", self.params.snapshot)
-
-    def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._stepped = True
 
     def end_batch(self, loss: Any = None) -> None:
         """Close a batch: keep its loss; finish the step if an optimizer stepped during it."""
@@ -159,6 +168,10 @@ class Recorder:
                 self.skipped_steps += 1
                 self.params.reset()
                 self._grads_captured = False
+                # the skipped batches belong to no step: drop their loss and activations
+                self._micro_losses = []
+                self.acts.reset()
+                self._acts_done = False
             return
         self.guard.run("step", self._finish_step)
         self.step += 1
@@ -284,6 +297,12 @@ class Recorder:
             "optimizers": [_optimizer_facts(o) for o in self.optimizers],
             "model_class": type(self.model).__name__,
         }
+
+
+def _step_closure(args: Any, kwargs: Any) -> Any:
+    """The closure passed to ``optimizer.step`` (Lightning always passes one), else ``None``."""
+    closure = kwargs.get("closure", args[0] if args else None)
+    return closure if callable(closure) else None
 
 
 def _link_activations(layers: dict[str, dict[str, Any]], order: list[str]) -> None:

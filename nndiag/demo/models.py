@@ -42,7 +42,9 @@ def sequences(n: int = 256, length: int = 12, vocab: int = 16, seed: int = 0) ->
     return x, y
 
 
-def mlp(features: int = 20, classes: int = 4, hidden: int = 64, depth: int = 3, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(
+    features: int = 20, classes: int = 4, hidden: int = 64, depth: int = 3, act: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     """A plain MLP: ``depth`` hidden Linear + activation blocks, then a Linear classifier."""
     layers: list[nn.Module] = []
     width = features

@@ -12,6 +12,7 @@ Example (slow, so skipped in doctests)::
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,27 +22,28 @@ import torch
 from torch import nn
 
 from nndiag.demo.models import blobs, mlp
-from nndiag.summary import layer_summary, run_overview
+from nndiag.summary import ACTIVATION_STATS, PARAMETER_STATS, layer_summary, render_text, run_overview
 
 
 def _lightning() -> Any:
     try:
-        import lightning.pytorch as L
+        return importlib.import_module("lightning.pytorch")
     except ImportError:  # pragma: no cover - the other package
-        import pytorch_lightning as L
-    return L
+        return importlib.import_module("pytorch_lightning")
 
 
 def build_module(lr: float = 0.05) -> Any:
     """A LightningModule around :func:`nndiag.demo.models.mlp` with the dead-ReLU fault injected."""
     L = _lightning()
 
-    class DemoClassifier(L.LightningModule):
+    class DemoClassifier(L.LightningModule):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.net = mlp(20, 4, hidden=64, depth=3)
+            first = self.net[0]
+            assert isinstance(first, nn.Linear)
             with torch.no_grad():
-                self.net[0].bias.fill_(-4.0)  # the injected fault: most first-layer ReLUs start dead
+                first.bias.fill_(-4.0)  # the injected fault: most first-layer ReLUs start dead
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x)
@@ -92,8 +94,11 @@ def render_report(log_dir: str | None, overview: dict[str, Any], summary: pd.Dat
         f"Recorded {overview['optimizer_steps']} optimizer steps ({overview['logging_steps']} logging steps) "
         f"of {overview['layers']} layers; loss {overview['loss_first']:.3f} -> {overview['loss_last']:.3f}.",
         "",
-        "Per-layer statistics (first and last logging step):",
-        summary.to_string(float_format=lambda v: f"{v:.3g}") if not summary.empty else "(none)",
+        "Activations (first -> last logging step):",
+        render_text(summary, ACTIVATION_STATS),
+        "",
+        "Parameters (first -> last logging step):",
+        render_text(summary, PARAMETER_STATS),
         "",
     ]
     if diagnoses:
@@ -107,6 +112,7 @@ def render_report(log_dir: str | None, overview: dict[str, Any], summary: pd.Dat
     lines += [
         "",
         f"Run store: {log_dir}/nndiag.sqlite  (nndiag show {log_dir})",
-        f"TensorBoard: tensorboard --logdir {Path(log_dir).parent if log_dir else 'runs'}  (tags nndiag/<stat>/<layer>)",
+        f"TensorBoard: tensorboard --logdir {Path(log_dir).parent if log_dir else 'runs'}"
+        "  (tags nndiag/<stat>/<layer>)",
     ]
     return "\n".join(lines)

@@ -79,6 +79,25 @@ def _loss_of(outputs: Any) -> Any:
     return None
 
 
+def _user_loss(trainer: Any, pl_module: Any, outputs: Any) -> Any:
+    """The loss ``training_step`` returned.
+
+    Under automatic optimization Lightning hands ``on_train_batch_end`` the loss divided by
+    ``accumulate_grad_batches`` (the value it back-propagates); undo that so the recorded loss
+    is the user's loss, averaged over the batches of each optimizer step.
+    """
+    loss = _loss_of(outputs)
+    accumulate = getattr(trainer, "accumulate_grad_batches", 1)
+    if (
+        loss is not None
+        and getattr(pl_module, "automatic_optimization", True)
+        and isinstance(accumulate, int)
+        and accumulate > 1
+    ):
+        loss = loss * accumulate
+    return loss
+
+
 class _DiagnosticsCallbackImpl:
     """Lightning hook implementations over one :class:`~nndiag.session.Session`."""
 
@@ -146,16 +165,30 @@ class _DiagnosticsCallbackImpl:
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.session is not None:
-            self.guard.run("batch end", self.session.end_batch, _loss_of(outputs))
+            self.guard.run("batch end", self._end_batch, trainer, pl_module, outputs)
+
+    def _end_batch(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
+        assert self.session is not None
+        loss = self.guard.run("loss", _user_loss, trainer, pl_module, outputs)  # a failure here must not lose the step
+        self.session.end_batch(loss)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._close("finished")
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._close("failed")
+        self._close("interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
+        self._release_model()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._close("finished")
+        self._release_model()
+
+    def _release_model(self) -> None:
+        # Lightning sets ``callback.log = pl_module.log`` (and ``log_dict``) on every callback at the start
+        # of each run; those bound methods would keep the model alive as long as ``cb`` (read for
+        # ``cb.history`` after training) is. Lightning attaches them again at the next run.
+        for name in ("log", "log_dict"):
+            self.__dict__.pop(name, None)
 
     def _close(self, status: str) -> None:
         if self.session is not None and not self.session.closed:
@@ -206,5 +239,5 @@ Example:
     >>> DiagnosticsCallback(schedule=0)
     Traceback (most recent call last):
     ...
-    ValueError: schedule must be None (built-in), a positive int (log every N steps) or a callable step -> bool; got 0. Use schedule=1 to log every step.
+    ValueError: schedule must be None (built-in), a positive int ... got 0. Use schedule=1 to log every step.
 """

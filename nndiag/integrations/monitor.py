@@ -78,7 +78,9 @@ class Monitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Monitor expects an nn.Module as model, got {type(model).__name__}.")
-        optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        optimizers: list[torch.optim.Optimizer] = (
+            list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]  # type: ignore[list-item]
+        )
         for opt in optimizers:
             if not hasattr(opt, "param_groups"):
                 raise TypeError(
@@ -127,4 +129,7 @@ class Monitor:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close("failed" if exc_type is not None else "finished")
+        if exc_type is None:
+            self.close("finished")
+        else:
+            self.close("interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")

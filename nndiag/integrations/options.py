@@ -7,7 +7,7 @@ Example:
     >>> build_config(None, {"histogram": True})
     Traceback (most recent call last):
     ...
-    TypeError: unknown nndiag option(s) histogram; valid options: histograms, histogram_bins, update_ratio, update_ratio_samples, flush_seconds, max_queue, max_pending_losses, memory_rows, tensorboard, store.
+    TypeError: unknown nndiag option(s) histogram; valid options: histograms, histogram_bins, ...
 
 """
 

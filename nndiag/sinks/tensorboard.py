@@ -33,11 +33,20 @@ def tag_for(stat: str, layer: str) -> str:
 
 
 def markdown_escape(text: str) -> str:
-    """Escape a model-supplied string for a Markdown table cell (no HTML, no table breaks)."""
-    out = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-    for ch in "<>&`*_[]":
-        out = out.replace(ch, f"&#{ord(ch)};")
-    return out
+    r"""Escape a model-supplied string for a Markdown table cell.
+
+    HTML is neutralised (``&``, ``<``, ``>`` become entities), Markdown specials are
+    backslash-escaped, and pipes/newlines cannot break the table.
+
+    Example:
+        >>> markdown_escape("blocks|0 <b>x_y</b>")
+        'blocks\\|0 &lt;b&gt;x\\_y&lt;/b&gt;'
+    """
+    out = str(text).replace("\\", "\\\\")
+    out = out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for ch in "|`*_[]#":
+        out = out.replace(ch, "\\" + ch)
+    return out.replace("\r", " ").replace("\n", " ")
 
 
 def diagnoses_markdown(diagnoses: list[Diagnosis]) -> str:

@@ -83,7 +83,7 @@ def saturated_count(x: torch.Tensor, low: float | None, high: float | None) -> t
     if low is not None and high is not None and low == -high:
         return (xf.abs() >= high).sum()
     if low is None:
-        return (xf >= high).sum()
+        return torch.zeros((), dtype=torch.long, device=x.device) if high is None else (xf >= high).sum()
     if high is None:
         return (xf <= low).sum()
     return (xf <= low).sum() + (xf >= high).sum()

@@ -28,7 +28,7 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
     out = torch.empty(len(tensors), device=device, dtype=torch.float32)
-    for dev, idx in by_device.items():
+    for idx in by_device.values():
         group = [tensors[i] if tensors[i].dtype in (torch.float32, torch.float64) else tensors[i].float() for i in idx]
         vals = torch.stack([v.float() for v in torch._foreach_norm(group)])
         out[torch.tensor(idx, device=device)] = vals.to(device, non_blocking=True)

@@ -8,7 +8,7 @@ Example:
     >>> load_run("/nonexistent")
     Traceback (most recent call last):
     ...
-    nndiag.store.reader.RunNotFoundError: /nonexistent does not exist; pass the log directory of a run recorded by nndiag (the folder holding nndiag.sqlite).
+    nndiag.store.reader.RunNotFoundError: /nonexistent does not exist; pass the log directory of a run ...
 
 """
 
@@ -64,7 +64,8 @@ def find_store(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise RunNotFoundError(
-            f"{p} does not exist; pass the log directory of a run recorded by nndiag (the folder holding {STORE_FILENAME})."
+            f"{p} does not exist; pass the log directory of a run recorded by nndiag "
+            f"(the folder holding {STORE_FILENAME})."
         )
     if p.is_file():
         return p
