@@ -264,11 +264,13 @@ def reference_run(
     clip: float | None = None,
     accumulate: int = 1,
     eval_batch: Any = None,
+    grads_before_clip: bool = False,
 ) -> tuple[dict[Key, float], Reference]:
     """Train ``model`` in a plain loop; brute-force every statistic at every step.
 
     Each optimizer step takes ``accumulate`` batches; only the first training forward of a step
-    is observed; ``eval_batch`` adds an eval-mode forward before every batch.
+    is observed; ``eval_batch`` adds an eval-mode forward before every batch. Gradient norms are
+    read after clipping (at ``optimizer.step()``), or before it with ``grads_before_clip`` (Lightning).
     """
     opt = make_opt(model)
     ref = Reference(model)
@@ -286,9 +288,11 @@ def reference_run(
             ref.disarm()
             loss.backward()
             losses.append(loss.item())
-        if clip is not None:
+        if clip is not None and not grads_before_clip:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         grads = {n: (0.0 if p.grad is None else p.grad.double().pow(2).sum().sqrt().item()) for n, p in params}
+        if clip is not None and grads_before_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         before = {n: p.detach().double().clone() for n, p in params}
         opt.step()
         opt.zero_grad()
@@ -827,6 +831,31 @@ def test_accumulation_eval_passes_and_sparse_schedule(accumulate, with_eval, sch
     assert sorted({s for s, _, _ in got}) == list(range(steps))
 
 
+@pytest.mark.parametrize(
+    "keyword", [pytest.param(False, id="closure-positional"), pytest.param(True, id="closure-keyword")]
+)
+def test_closure_driven_step_reads_gradients_after_the_closure(keyword):
+    """``optimizer.step(closure)`` runs backward inside step(): gradients are those of this step's closure."""
+    model = relu_mlp_negative_bias()
+    batches = blob_batches(3)
+    expected, _ = reference_run(copy.deepcopy(model), sgd(0.1, momentum=0.9), batches, classify, seed=0)
+    opt = sgd(0.1, momentum=0.9)(model)
+    with Monitor(model, opt, log_dir=None, schedule=1) as mon:
+        for batch in batches:
+
+            def closure(batch: Any = batch) -> torch.Tensor:
+                opt.zero_grad()
+                loss = classify(model, batch)
+                loss.backward()
+                return loss
+
+            loss = opt.step(closure=closure) if keyword else opt.step(closure)
+            mon.step(loss)
+    got = records(mon.history)
+    assert_matches(got, expected)
+    assert got[(0, "", "grad_norm_total")] > 0
+
+
 class UpdateNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -906,27 +935,34 @@ def test_update_ratio_matches_manual_parameter_diff(make_opt, clip):
 
 
 LIGHTNING_CASES = [
-    pytest.param(relu_mlp_negative_bias, blob_batches, sgd(0.1, momentum=0.9), id="mlp-relu"),
-    pytest.param(tanh_mlp_large_weights, blob_batches, adam(1e-2), id="mlp-tanh"),
-    pytest.param(cnn, image_batches, adam(1e-2), id="cnn-batchnorm"),
+    pytest.param(relu_mlp_negative_bias, blob_batches, sgd(0.1, momentum=0.9), None, id="mlp-relu"),
+    pytest.param(tanh_mlp_large_weights, blob_batches, adam(1e-2), None, id="mlp-tanh"),
+    pytest.param(cnn, image_batches, adam(1e-2), None, id="cnn-batchnorm"),
+    pytest.param(relu_mlp_negative_bias, blob_batches, sgd(0.1), 0.01, id="mlp-relu-gradient-clipping"),
 ]
 
 
-@pytest.mark.parametrize(("build", "make_batches", "make_opt"), LIGHTNING_CASES)
-def test_lightning_callback_matches_brute_force(pkg, tmp_path, build, make_batches, make_opt):
+@pytest.mark.parametrize(("build", "make_batches", "make_opt", "clip"), LIGHTNING_CASES)
+def test_lightning_callback_matches_brute_force(pkg, tmp_path, build, make_batches, make_opt, clip):
     steps = 3
     net = build()
     batches = make_batches(steps)
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
-    expected, ref = reference_run(Wrapper(copy.deepcopy(net)), make_opt, batches, classify, seed=0)
+    # Lightning: gradients are read at on_before_optimizer_step, i.e. before its gradient clipping
+    expected, ref = reference_run(
+        Wrapper(copy.deepcopy(net)), make_opt, batches, classify, seed=0, clip=clip, grads_before_clip=True
+    )
 
     cb = DiagnosticsCallback(schedule=1)
     module = make_module(pkg, copy.deepcopy(net), F.cross_entropy, lambda p: make_opt(_Params(p)))
     torch.manual_seed(0)
-    fit(pkg, module, loader(x, y, batch_size=len(batches[0][0])), [cb], tmp_path, max_steps=steps)
+    kwargs = {} if clip is None else {"gradient_clip_val": clip, "gradient_clip_algorithm": "norm"}
+    fit(pkg, module, loader(x, y, batch_size=len(batches[0][0])), [cb], tmp_path, max_steps=steps, **kwargs)
     got = records(cb.history)
     assert_matches(got, expected)
+    if clip is not None:  # the recorded norms are the unclipped ones; the updates are the clipped ones
+        assert all(got[(s, "", "grad_norm_total")] > 2 * clip for s in range(steps))
     assert sorted({s for s, _, _ in got}) == list(range(steps))
     assert all(layer.startswith("net.") for layer in pairs(got, "act_mean") - {"input"})
     assert "input" in pairs(got, "act_mean")

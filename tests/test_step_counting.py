@@ -130,6 +130,36 @@ def test_plain_loop_accumulation(tmp_path: Any) -> None:
     assert sorted(load_run(mon.log_dir).history.step.unique().tolist()) == list(range(n_steps))
 
 
+def test_lightning_training_step_outputs(pkg: str, tmp_path: Any) -> None:
+    """A dict output with extra keys, and a None output (Lightning skips backward) on some batches."""
+    L = lightning(pkg)
+    x, y = blobs(n=8 * 8, features=8, classes=3, seed=11)
+    micro: dict[int, float] = {}
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp(8, 3, hidden=16, depth=1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            if batch_idx in (2, 5):
+                return None
+            loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+            micro[batch_idx] = float(loss)
+            return {"loss": loss, "extra": torch.tensor(123.0)}
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    cb = DiagnosticsCallback(schedule=1)
+    trainer = fit(pkg, Module(), loader(x, y, 8), [cb], tmp_path, accumulate_grad_batches=2)
+    assert cb.session.step == trainer.global_step == 4
+    losses = loss_series(cb.history)
+    windows = [[micro[b] for b in (2 * k, 2 * k + 1) if b in micro] for k in range(4)]
+    assert sorted(losses) == list(range(4))
+    assert [losses[k] for k in range(4)] == pytest.approx([sum(w) / len(w) for w in windows], rel=1e-5)
+
+
 # --------------------------------------------------------------------------------------
 # several optimizers (manual optimization)
 # --------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class Recorder:
 
     def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._logging and not self.closed:
-            if _step_closure(args, kwargs) is None:  # with a closure, backward runs inside step(): too early
+            if _step_closure(optimizer, args, kwargs) is None:  # with a closure, backward runs inside step(): too early
                 self.guard.run(
                     "gradient statistics",
                     self.params.capture_grads,
@@ -144,7 +144,7 @@ class Recorder:
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
-        if self._logging and not self.closed and _step_closure(args, kwargs) is not None:
+        if self._logging and not self.closed and _step_closure(optimizer, args, kwargs) is not None:
             # closure-driven step: gradients not captured after the closure (Lightning's
             # on_before_optimizer_step) are read now, as the closure computed them
             self.guard.run(
@@ -174,6 +174,10 @@ class Recorder:
                 self._acts_done = False
             return
         self.guard.run("step", self._finish_step)
+        # even if finishing the step failed: nothing of this step may leak into the next one
+        self._micro_losses = []
+        self.acts.reset()
+        self.params.reset()
         self.step += 1
         self._stepped = False
         self._grads_captured = False
@@ -203,13 +207,14 @@ class Recorder:
             self._pending_losses.append(loss)
             self._pending_steps.append(self.step)
         if self._logging:
-            self._send_logging_step()
+            # a site of its own: failing statistics must cost neither this step's loss nor (once the
+            # site is switched off) the losses of all later steps
+            self.guard.run("step statistics", self._send_logging_step)
+            self._flush_losses()  # no-op when the logging packet carried the losses
             if not self.guard.run("schedule", self.should_log, self.step + 1):
                 self.params.release_buffer()  # the weight copy lives only through runs of logging steps
         elif len(self._pending_losses) >= self.config.max_pending_losses:
             self._flush_losses()
-        self.acts.reset()
-        self.params.reset()
 
     def _flush_losses(self) -> None:
         if self._pending_losses:
@@ -299,9 +304,10 @@ class Recorder:
         }
 
 
-def _step_closure(args: Any, kwargs: Any) -> Any:
+def _step_closure(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
     """The closure passed to ``optimizer.step`` (Lightning always passes one), else ``None``."""
-    closure = kwargs.get("closure", args[0] if args else None)
+    positional = [a for a in args if a is not optimizer]  # the step hooks' args start with the optimizer
+    closure = kwargs.get("closure", positional[0] if positional else None)
     return closure if callable(closure) else None
 
 

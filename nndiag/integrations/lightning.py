@@ -107,7 +107,8 @@ class _DiagnosticsCallbackImpl:
         self.config = build_config(config, options)
         self.guard = ErrorGuard()
         self.session: Session | None = None
-        self._start_step = 0
+        self._restored_step: int | None = None  # set by load_state_dict (resume), used by the next fit
+        self._previous: tuple[str, int] | None = None  # (log dir, steps) of the last fit
         self._empty = MemoryHistory()
         self.diagnoses: list[Diagnosis] = []
 
@@ -150,10 +151,19 @@ class _DiagnosticsCallbackImpl:
             schedule=self.schedule,
             tb_writer=writer,
             meta=meta,
-            start_step=self._start_step,
+            start_step=self._first_step(trainer.log_dir),
             guard=self.guard,
         )
+        self._restored_step = None
         self.diagnoses = self.session.diagnoses
+
+    def _first_step(self, log_dir: str | None) -> int:
+        """Resume: the checkpoint's step; another fit into the same run dir: continue; else 0."""
+        if self._restored_step is not None:
+            return self._restored_step
+        if self._previous is not None and self._previous[0] == str(log_dir):
+            return self._previous[1]
+        return 0
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.session is not None:
@@ -192,18 +202,18 @@ class _DiagnosticsCallbackImpl:
 
     def _close(self, status: str) -> None:
         if self.session is not None and not self.session.closed:
-            self._start_step = self.session.step
+            self._previous = (str(self.session.log_dir), self.session.step)
             self.guard.run("callback close", self.session.close, status)
 
     # -- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        step = self.session.step if self.session is not None else self._start_step
+        step = self.session.step if self.session is not None else (self._restored_step or 0)
         return {"nndiag_state_version": 1, "step": step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         step = state_dict.get("step")
         if isinstance(step, int) and step >= 0:
-            self._start_step = step
+            self._restored_step = step
         else:
             warnings.warn(
                 "nndiag: ignoring an unreadable callback state in the checkpoint.", NndiagInternalWarning, stacklevel=2
