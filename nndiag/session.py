@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from nndiag.collect.packet import Packet
 from nndiag.collect.recorder import Recorder
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
@@ -65,6 +66,8 @@ class Session:
         self.guard = guard or ErrorGuard()
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.diagnoses: list[Diagnosis] = []
+        if self.log_dir is not None and (self.config.store or (self.config.tensorboard and tb_writer is None)):
+            self.log_dir = self._writable(self.log_dir)
         store = self._open_store(meta) if self.config.store and self.log_dir is not None else None
         tb = self._open_tensorboard(tb_writer) if self.config.tensorboard else None
         self.pipeline = Pipeline(
@@ -81,6 +84,25 @@ class Session:
         self._atexit = _close_at_exit(weakref.ref(self))
         atexit.register(self._atexit)
 
+    @staticmethod
+    def _writable(log_dir: Path) -> Path | None:
+        """``log_dir`` if nndiag can create files in it; else one warning and ``None`` (memory only)."""
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            probe = log_dir / ".nndiag_write_test"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return log_dir
+        except OSError as exc:
+            warnings.warn(
+                f"nndiag: cannot write to the log directory {log_dir} ({exc}); recording in memory only: "
+                ".history still works, but no run store or nndiag TensorBoard file is written. "
+                "Pass a writable log directory to keep the run.",
+                NndiagInternalWarning,
+                stacklevel=4,
+            )
+            return None
+
     def _open_store(self, meta: dict[str, Any] | None) -> RunStore | None:
         assert self.log_dir is not None
         try:
@@ -88,7 +110,7 @@ class Session:
         except Exception as exc:
             warnings.warn(
                 f"nndiag: cannot write the run store in {self.log_dir} ({exc}); recording in memory only "
-                "(cb.history still works). Pass a writable log directory to keep the run.",
+                "(.history still works). Pass a writable log directory to keep the run.",
                 NndiagInternalWarning,
                 stacklevel=3,
             )
@@ -123,6 +145,12 @@ class Session:
     def end_batch(self, loss: Any = None) -> None:
         """See :meth:`Recorder.end_batch`."""
         self.recorder.end_batch(loss)
+
+    def record(self, stat: str, value: float, layer: str = "") -> None:
+        """Record a host-side value (e.g. ``val_loss``) at the current optimizer step."""
+        if not self.closed:
+            step = max(self.recorder.step - 1, 0)  # the last completed step
+            self.pipeline.submit(Packet.build(step, extras=[(layer, stat, float(value))]))
 
     @property
     def step(self) -> int:

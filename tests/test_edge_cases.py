@@ -659,9 +659,9 @@ def test_unreadable_callback_state_warns_once(caught: Caught) -> None:
 def _check_log_dir_warnings(caught: Caught, bad: Any) -> None:
     assert caught.internal, "an unwritable log directory must be reported"
     assert caught.sites() == [], "not an internal error: no traceback report"
-    store = [m for m in caught.internal if "run store" in m]
-    assert len(store) == 1, caught.internal
-    assert "memory" in store[0]
+    assert len(caught.internal) == 1, caught.internal  # one cause, one warning
+    assert "run store" in caught.internal[0]
+    assert "memory only" in caught.internal[0]
     assert all(str(bad) in m for m in caught.internal), caught.internal
 
 
@@ -670,6 +670,7 @@ def test_unwritable_log_dir_monitor(tmp_path: Any, caught: Caught) -> None:
     blocker.write_text("not a directory")
     mon, losses = run_mlp(4, log_dir=blocker / "runs")
     _check_log_dir_warnings(caught, blocker)
+    assert mon.log_dir is None  # nothing was written anywhere
     h = mon.history
     assert values(h, "loss", "") == pytest.approx(losses, rel=1e-6)
     assert _has_acts(h)
@@ -695,6 +696,7 @@ def test_unwritable_log_dir_lightning(pkg: str, tmp_path: Any, caught: Caught) -
     )
     trainer.fit(make_module(pkg, mlp(8, 3, 16, 1)), loader(x, y, 8))
     _check_log_dir_warnings(caught, blocker)
+    assert cb.log_dir is None
     assert sorted(stat(cb.history, "loss", "").step) == [0, 1, 2, 3]
     assert trainer.global_step == cb.session.step == 4
 

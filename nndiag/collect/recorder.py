@@ -86,11 +86,13 @@ class Recorder:
         self._pending_losses: list[torch.Tensor] = []
         self._pending_steps: list[int] = []
         self._facts_sent = False
+        self._init_facts: dict[str, dict[str, Any]] = {}
         self.closed = False
 
     # -- setup / teardown ------------------------------------------------------------
     def attach(self) -> None:
-        """Register forward hooks and optimizer step hooks."""
+        """Register forward hooks and optimizer step hooks; record the initial weights' statistics."""
+        self._init_facts = self.guard.run("initial weight statistics", initial_weight_facts, self.model) or {}
         self.acts.attach()
         for opt in self.optimizers:
             pre = getattr(opt, "register_step_pre_hook", None)
@@ -301,6 +303,7 @@ class Recorder:
             "n_trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "optimizers": [_optimizer_facts(o) for o in self.optimizers],
             "model_class": type(self.model).__name__,
+            "init": self._init_facts,
         }
 
 
@@ -309,6 +312,43 @@ def _step_closure(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> A
     positional = [a for a in args if a is not optimizer]  # the step hooks' args start with the optimizer
     closure = kwargs.get("closure", positional[0] if positional else None)
     return closure if callable(closure) else None
+
+
+def initial_weight_facts(model: nn.Module | None) -> dict[str, dict[str, Any]]:
+    """Per parameter, before training: mean, std, max |w|, and whether all units are identical.
+
+    ``units_identical`` (tensors with >= 2 dims and >= 2 output units): every output unit's
+    weights equal the first's, i.e. a symmetric (e.g. constant or all-zero) initialisation.
+    One pass over the parameters with a single host transfer, once per run.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> lin = nn.Linear(3, 4)
+        >>> _ = nn.init.constant_(lin.weight, 0.5)
+        >>> initial_weight_facts(lin)["weight"]["units_identical"]
+        True
+    """
+    if model is None:
+        return {}
+    names: list[str] = []
+    rows: list[torch.Tensor] = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() == 0 or not p.is_floating_point():
+                continue
+            w = p.detach().float()
+            flat = w.reshape(w.shape[0], -1) if w.dim() >= 2 else None
+            identical = (flat - flat[:1]).abs().amax() == 0 if flat is not None and flat.shape[0] >= 2 else w.new_zeros(())
+            std = w.std(correction=0) if w.numel() > 1 else w.new_zeros(())
+            rows.append(torch.stack([w.mean(), std, w.abs().amax(), identical.float()]))
+            names.append(name)
+    if not rows:
+        return {}
+    values = torch.stack([r.to(rows[0].device) for r in rows]).tolist()
+    return {
+        n: {"mean": v[0], "std": v[1], "absmax": v[2], "units_identical": bool(v[3])}
+        for n, v in zip(names, values, strict=True)
+    }
 
 
 def _link_activations(layers: dict[str, dict[str, Any]], order: list[str]) -> None:

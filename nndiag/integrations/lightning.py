@@ -40,6 +40,10 @@ from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
 
 
+# Names under which LightningModules usually log their validation loss (first found is used).
+VAL_LOSS_KEYS = ("val_loss", "val/loss", "valid_loss", "validation_loss", "val_loss_epoch", "loss/val")
+
+
 def _callback_bases() -> tuple[type, ...]:
     bases = []
     for mod in ("lightning.pytorch", "pytorch_lightning"):
@@ -101,9 +105,17 @@ def _user_loss(trainer: Any, pl_module: Any, outputs: Any) -> Any:
 class _DiagnosticsCallbackImpl:
     """Lightning hook implementations over one :class:`~nndiag.session.Session`."""
 
-    def __init__(self, schedule: Schedule = None, *, config: RecorderConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        schedule: Schedule = None,
+        *,
+        config: RecorderConfig | None = None,
+        val_loss_key: str | None = None,
+        **options: Any,
+    ) -> None:
         resolve_schedule(schedule)  # validate now: a clear error at construction
         self.schedule = schedule
+        self.val_loss_key = val_loss_key
         self.config = build_config(config, options)
         self.guard = ErrorGuard()
         self.session: Session | None = None
@@ -182,6 +194,19 @@ class _DiagnosticsCallbackImpl:
         loss = self.guard.run("loss", _user_loss, trainer, pl_module, outputs)  # a failure here must not lose the step
         self.session.end_batch(loss)
 
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.session is not None and not getattr(trainer, "sanity_checking", False):
+            self.guard.run("validation loss", self._record_val_loss, trainer)
+
+    def _record_val_loss(self, trainer: Any) -> None:
+        metrics = getattr(trainer, "callback_metrics", {}) or {}
+        keys = [self.val_loss_key] if self.val_loss_key else list(VAL_LOSS_KEYS)
+        for key in keys:
+            if key in metrics:
+                assert self.session is not None
+                self.session.record("val_loss", float(metrics[key]))
+                return
+
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._close("finished")
 
@@ -239,6 +264,10 @@ Args:
         ``N`` for every N-th step, or a callable ``step -> bool``.
     config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields
         (``histograms=True``, ``update_ratio="sampled"``, ...).
+    val_loss_key: the ``self.log`` name of your validation loss; by default the first of
+        ``val_loss``, ``val/loss``, ``valid_loss``, ``validation_loss``, ``val_loss_epoch``,
+        ``loss/val`` found in ``trainer.callback_metrics`` at the end of each validation epoch
+        is recorded as the run-wide stat ``val_loss``.
 
 Attributes:
     history: pandas DataFrame (step, layer, stat, value).

@@ -2,8 +2,10 @@
 
 Call ``mon.step(loss)`` once per batch, after ``optimizer.step()`` (or after the
 backward pass of a batch that does not step, under gradient accumulation). Steps are
-counted by the optimizer's own step hooks, so accumulation and AMP-skipped steps are
-counted right; the loss of the batches of one optimizer step is averaged.
+counted by the optimizer's own step hooks, so accumulation is counted right and a step an
+AMP ``GradScaler`` skipped is not counted; the loss of the batches of one optimizer step is
+averaged. (A plain loop cannot tell a skipped step from accumulation, so the loss of a
+skipped batch is averaged into the next step's; the Lightning callback drops it.)
 
 Gradients are read when ``optimizer.step()`` runs, i.e. after any clipping your loop
 does (the Lightning callback reads them before Lightning's clipping).
@@ -100,6 +102,16 @@ class Monitor:
         """
         self.session.end_batch(loss)
         self.session.begin_batch()
+
+    def record(self, stat: str, value: float) -> None:
+        """Record a run-wide value at the last optimizer step, e.g. ``mon.record("val_loss", v)``.
+
+        ``val_loss`` feeds the overfitting/underfitting advisors. ``value`` may be a tensor
+        (read once here: call it at validation time, not every step).
+        """
+        if not isinstance(stat, str) or not stat or stat.startswith("_"):
+            raise ValueError(f"stat must be a non-empty name not starting with '_', got {stat!r}.")
+        self.session.record(stat, float(value))
 
     @property
     def history(self) -> pd.DataFrame:

@@ -1,0 +1,115 @@
+"""The Advisor: runs the rules and keeps one de-duplicated diagnosis per (code, layer).
+
+A problem that persists is one :class:`~nndiag.Diagnosis` whose ``last_step`` and ``count``
+are updated at every check where it still holds; a problem that stops holding is marked
+``resolved``; one that comes back is re-opened. Symptoms explained by a more specific cause
+are suppressed (see :data:`EXPLAINED_BY`).
+
+Example:
+    >>> import pandas as pd
+    >>> from nndiag.advisor import Advisor
+    >>> from nndiag.rules.view import RunView
+    >>> h = pd.DataFrame({"step": [0, 1], "layer": ["", ""], "stat": ["loss", "loss"],
+    ...                   "value": [2.3, float("nan")]})
+    >>> adv = Advisor()
+    >>> [d.code for d in adv.check(RunView(h))]
+    ['nonfinite_loss']
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import replace
+
+import nndiag.rules  # noqa: F401  (registers the rule families)
+from nndiag.diagnosis import Diagnosis
+from nndiag.guard import ErrorGuard
+from nndiag.rules.config import AdvisorConfig
+from nndiag.rules.registry import RULES, Rule
+from nndiag.rules.view import RunView
+
+# A symptom code is not reported while one of its causes holds (the cause names the fix).
+EXPLAINED_BY: dict[str, tuple[str, ...]] = {
+    "loss_diverging": ("lr_too_high", "nonfinite_loss"),
+    "loss_oscillating": ("lr_too_high", "nonfinite_loss"),
+    "loss_not_decreasing": (
+        "lr_too_low",
+        "weights_not_updating",
+        "vanishing_gradients",
+        "activation_collapse",
+        "saturated_activations",
+        "dead_units",
+        "symmetric_init",
+        "nonfinite_loss",
+        "underfitting",
+    ),
+    "underfitting": ("lr_too_low", "weights_not_updating", "vanishing_gradients", "activation_collapse"),
+    "exploding_gradients": ("nonfinite_loss",),
+    "nonfinite_activations": ("nonfinite_input",),
+}
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def by_severity(diagnoses: Iterable[Diagnosis]) -> list[Diagnosis]:
+    """Errors first, then warnings, then info; open before resolved; then by first step."""
+    return sorted(diagnoses, key=lambda d: (d.resolved, SEVERITY_ORDER[d.severity], d.step, d.code, d.layer or ""))
+
+
+class Advisor:
+    """Evaluates rules over a :class:`RunView` and tracks diagnoses across checks."""
+
+    def __init__(
+        self,
+        config: AdvisorConfig | None = None,
+        rules: Iterable[Rule] | None = None,
+        guard: ErrorGuard | None = None,
+    ) -> None:
+        self.config = config or AdvisorConfig()
+        self.rules = list(RULES.values()) if rules is None else list(rules)
+        self.guard = guard or ErrorGuard()
+        self.diagnoses: list[Diagnosis] = []  # in order of first detection; entries replaced in place
+        self._index: dict[tuple[str, str | None], int] = {}
+        self._lock = threading.Lock()
+
+    def evaluate(self, view: RunView) -> dict[tuple[str, str | None], Diagnosis]:
+        """What holds now, by (code, layer), after suppressing explained symptoms."""
+        found: dict[tuple[str, str | None], Diagnosis] = {}
+        for r in self.rules:
+            if not r.applies(view):
+                continue
+            for d in self.guard.run(f"rule {r.code}", r.fn, view, self.config) or []:
+                key = (d.code, d.layer)
+                if key not in found or SEVERITY_ORDER[d.severity] < SEVERITY_ORDER[found[key].severity]:
+                    found[key] = d
+        codes = {code for code, _ in found}
+        return {k: d for k, d in found.items() if not set(EXPLAINED_BY.get(k[0], ())) & codes}
+
+    def check(self, view: RunView) -> list[Diagnosis]:
+        """Run the rules once; return the diagnoses that are new, updated or resolved by this check."""
+        now = self.evaluate(view)
+        changed: list[Diagnosis] = []
+        with self._lock:
+            for key, d in now.items():
+                i = self._index.get(key)
+                if i is None:
+                    new = replace(d, last_step=view.last_step, count=1, resolved=False)
+                    self._index[key] = len(self.diagnoses)
+                    self.diagnoses.append(new)
+                else:
+                    old = self.diagnoses[i]
+                    first = d.step if old.resolved else old.step
+                    new = replace(d, step=min(first, d.step), last_step=view.last_step, count=old.count + 1, resolved=False)
+                    self.diagnoses[i] = new
+                changed.append(new)
+            for key, i in self._index.items():
+                old = self.diagnoses[i]
+                if key not in now and not old.resolved:
+                    self.diagnoses[i] = replace(old, resolved=True)
+                    changed.append(self.diagnoses[i])
+        return changed
+
+    def active(self) -> list[Diagnosis]:
+        """Open diagnoses, most severe first."""
+        return by_severity(d for d in self.diagnoses if not d.resolved)

@@ -1,0 +1,1 @@
+"""Rules: architecture (filled in by the advisors work)."""

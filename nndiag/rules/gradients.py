@@ -1,0 +1,1 @@
+"""Rules: gradients (filled in by the advisors work)."""

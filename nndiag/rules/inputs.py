@@ -1,0 +1,1 @@
+"""Rules: inputs (filled in by the advisors work)."""

@@ -1,0 +1,1 @@
+"""Rules: params (filled in by the advisors work)."""

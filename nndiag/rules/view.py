@@ -1,0 +1,110 @@
+"""``RunView``: the read-only view of a run that rules evaluate (history + model facts).
+
+Rules never touch the raw DataFrame layout; they ask the view for a series or a
+steps x layers matrix, and for model facts in forward order.
+
+Example:
+    >>> import pandas as pd
+    >>> from nndiag.rules.view import RunView
+    >>> h = pd.DataFrame({"step": [0, 1, 0, 0], "layer": ["", "", "fc", "act"],
+    ...                   "stat": ["loss", "loss", "act_std", "act_std"], "value": [2.3, 2.1, 1.0, 0.5]})
+    >>> v = RunView(h, {"forward_order": ["fc", "act"]})
+    >>> v.series("loss").tolist(), v.last_step
+    ([2.3, 2.1], 1)
+    >>> v.matrix("act_std").columns.tolist()
+    ['fc', 'act']
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+
+
+class RunView:
+    """History (long format) and facts of one run, with cached pivots."""
+
+    def __init__(self, history: pd.DataFrame, facts: dict[str, Any] | None = None) -> None:
+        self.history = history
+        self.facts = facts or {}
+        self._by_stat = {stat: frame for stat, frame in history.groupby("stat", sort=False)} if len(history) else {}
+        self._matrices: dict[str, pd.DataFrame] = {}
+
+    @cached_property
+    def last_step(self) -> int:
+        """The last optimizer step with any data (-1 for an empty run)."""
+        return int(self.history.step.max()) if len(self.history) else -1
+
+    def has(self, stat: str) -> bool:
+        """Whether ``stat`` was recorded at all."""
+        return stat in self._by_stat
+
+    def series(self, stat: str, layer: str = "") -> pd.Series:
+        """Values of one statistic of one layer, indexed by step (run-wide stats: layer ``""``)."""
+        frame = self._by_stat.get(stat)
+        if frame is None:
+            return pd.Series(dtype=float)
+        sel = frame[frame.layer == layer]
+        return pd.Series(sel.value.to_numpy(), index=sel.step.to_numpy(), dtype=float).sort_index()
+
+    def matrix(self, stat: str) -> pd.DataFrame:
+        """Steps x layers matrix of one statistic; columns in forward order where known."""
+        if stat not in self._matrices:
+            frame = self._by_stat.get(stat)
+            if frame is None or frame.empty:
+                self._matrices[stat] = pd.DataFrame()
+            else:
+                m = frame.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+                self._matrices[stat] = m[self.ordered([str(c) for c in m.columns])]
+        return self._matrices[stat]
+
+    def ordered(self, names: list[str]) -> list[str]:
+        """``names`` sorted by forward order (``input`` first; parameters after their module)."""
+        order = {name: i for i, name in enumerate(["input", *self.forward_order])}
+
+        def key(name: str) -> tuple[float, str]:
+            if name in order:
+                return (order[name], name)
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            return (order.get(owner, len(order)) + 0.5, name)
+
+        return sorted(names, key=key)
+
+    @property
+    def forward_order(self) -> list[str]:
+        """Recorded modules in the order the forward pass called them."""
+        return list(self.facts.get("forward_order") or [])
+
+    def layer(self, name: str) -> dict[str, Any]:
+        """Facts of one module (empty dict when unknown)."""
+        return dict((self.facts.get("layers") or {}).get(name, {}))
+
+    def param(self, name: str) -> dict[str, Any]:
+        """Facts of one parameter (empty dict when unknown)."""
+        return dict((self.facts.get("params") or {}).get(name, {}))
+
+    def layers_of_kind(self, *kinds: str) -> list[str]:
+        """Modules of the given kinds in forward order."""
+        return [n for n in self.forward_order if self.layer(n).get("kind") in kinds]
+
+    def num_classes(self) -> int | None:
+        """Classes of a softmax classifier: ``facts['num_classes']`` if the user set it, else the width of
+        the last recorded module's output when it is a linear layer with at least 2 outputs."""
+        user = self.facts.get("num_classes")
+        if isinstance(user, int) and user >= 2:
+            return user
+        if not self.forward_order:
+            return None
+        last = self.layer(self.forward_order[-1])
+        shape = last.get("out_shape") or []
+        if last.get("kind") == "linear" and shape and isinstance(shape[-1], int) and shape[-1] >= 2:
+            return int(shape[-1])
+        return None
+
+
+def finite(values: pd.Series) -> pd.Series:
+    """The finite values of a series."""
+    return values[values.map(lambda v: isinstance(v, float) and math.isfinite(v))]
