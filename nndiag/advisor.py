@@ -100,7 +100,9 @@ class Advisor:
                 else:
                     old = self.diagnoses[i]
                     first = d.step if old.resolved else old.step
-                    new = replace(d, step=min(first, d.step), last_step=view.last_step, count=old.count + 1, resolved=False)
+                    new = replace(
+                        d, step=min(first, d.step), last_step=view.last_step, count=old.count + 1, resolved=False
+                    )
                     self.diagnoses[i] = new
                 changed.append(new)
             for key, i in self._index.items():

@@ -338,7 +338,10 @@ def initial_weight_facts(model: nn.Module | None) -> dict[str, dict[str, Any]]:
                 continue
             w = p.detach().float()
             flat = w.reshape(w.shape[0], -1) if w.dim() >= 2 else None
-            identical = (flat - flat[:1]).abs().amax() == 0 if flat is not None and flat.shape[0] >= 2 else w.new_zeros(())
+            if flat is not None and flat.shape[0] >= 2:
+                identical = (flat - flat[:1]).abs().amax() == 0
+            else:
+                identical = w.new_zeros((), dtype=torch.bool)
             std = w.std(correction=0) if w.numel() > 1 else w.new_zeros(())
             rows.append(torch.stack([w.mean(), std, w.abs().amax(), identical.float()]))
             names.append(name)

@@ -39,7 +39,6 @@ from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
 
-
 # Names under which LightningModules usually log their validation loss (first found is used).
 VAL_LOSS_KEYS = ("val_loss", "val/loss", "valid_loss", "validation_loss", "val_loss_epoch", "loss/val")
 

@@ -6,7 +6,8 @@ Example:
     >>> from nndiag.rules.activations import nonfinite_activations
     >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [3, 3], "layer": ["fc1", "fc2"], "stat": ["nonfinite"] * 2, "value": [0.0, 12.0]})
-    >>> [(d.code, d.layer, d.step) for d in nonfinite_activations(RunView(h, {"forward_order": ["fc1", "fc2"]}), AdvisorConfig())]
+    >>> view = RunView(h, {"forward_order": ["fc1", "fc2"]})
+    >>> [(d.code, d.layer, d.step) for d in nonfinite_activations(view, AdvisorConfig())]
     [('nonfinite_activations', 'fc2', 3)]
 """
 
@@ -58,7 +59,9 @@ def nonfinite_activations(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
                 severity="error",
                 step=first_step,
                 layer=layer,
-                message=f"NaN/Inf first appears inside the network in {layer} at step {first_step} ({count:.0f} values).",
+                message=(
+                    f"NaN/Inf first appears inside the network in {layer} at step {first_step} ({count:.0f} values)."
+                ),
                 evidence={"nonfinite": count, "first_step": first_step, "layers_affected": float(len(layers))},
                 suggestions=[
                     f"Look at what {layer} computes: log/sqrt/division of values that can reach 0 or below.",

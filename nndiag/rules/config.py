@@ -89,7 +89,8 @@ class AdvisorConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(
-                f"unknown advisor threshold(s) {', '.join(unknown)}; see nndiag.rules.config.AdvisorConfig for the names."
+                f"unknown advisor threshold(s) {', '.join(unknown)}; "
+                "see nndiag.rules.config.AdvisorConfig for the names."
             )
         return cls(**data)
 

@@ -5,7 +5,8 @@ Example:
     >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.loss import nonfinite_loss
     >>> from nndiag.rules.view import RunView
-    >>> h = pd.DataFrame({"step": [0, 1, 2], "layer": [""] * 3, "stat": ["loss"] * 3, "value": [2.3, 2.2, float("inf")]})
+    >>> losses = [2.3, 2.2, float("inf")]
+    >>> h = pd.DataFrame({"step": [0, 1, 2], "layer": [""] * 3, "stat": ["loss"] * 3, "value": losses})
     >>> [(d.code, d.step, d.severity) for d in nonfinite_loss(RunView(h), AdvisorConfig())]
     [('nonfinite_loss', 2, 'error')]
 """

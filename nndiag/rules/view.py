@@ -91,8 +91,11 @@ class RunView:
         return [n for n in self.forward_order if self.layer(n).get("kind") in kinds]
 
     def num_classes(self) -> int | None:
-        """Classes of a softmax classifier: ``facts['num_classes']`` if the user set it, else the width of
-        the last recorded module's output when it is a linear layer with at least 2 outputs."""
+        """Classes of a softmax classifier, or ``None``.
+
+        ``facts['num_classes']`` if the user set it, else the width of the last recorded module's
+        output when that module is a linear layer with at least 2 outputs.
+        """
         user = self.facts.get("num_classes")
         if isinstance(user, int) and user >= 2:
             return user
