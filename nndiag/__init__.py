@@ -13,9 +13,11 @@ from nndiag._version import __version__
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.monitor import Monitor
+from nndiag.rules.config import AdvisorConfig
 from nndiag.store.reader import CorruptRunError, LoadedRun, RunNotFoundError, load_run
 
 __all__ = [
+    "AdvisorConfig",
     "CorruptRunError",
     "Diagnosis",
     "DiagnosticsCallback",

@@ -21,6 +21,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
+
+import pandas as pd
 
 import nndiag.rules  # noqa: F401  (registers the rule families)
 from nndiag.diagnosis import Diagnosis
@@ -111,6 +114,22 @@ class Advisor:
                     self.diagnoses[i] = replace(old, resolved=True)
                     changed.append(self.diagnoses[i])
         return changed
+
+    def replay(self, history: pd.DataFrame, facts: dict[str, Any], checks: int = 40) -> list[Diagnosis]:
+        """Diagnose a finished run as training would have: check at up to ``checks`` logging steps.
+
+        Returns all diagnoses, most severe first (resolved ones marked).
+        """
+        logging_steps = sorted(history.loc[history.stat == "grad_norm_total", "step"].unique().tolist())
+        if not logging_steps:
+            logging_steps = sorted(history.step.unique().tolist())
+        if len(logging_steps) > checks:
+            idx = [round(i * (len(logging_steps) - 1) / (checks - 1)) for i in range(checks)]
+            logging_steps = [logging_steps[i] for i in idx]
+        for step in logging_steps[:-1]:
+            self.check(RunView(history[history.step <= step], facts))
+        self.check(RunView(history, facts))
+        return by_severity(self.diagnoses)
 
     def active(self) -> list[Diagnosis]:
         """Open diagnoses, most severe first."""

@@ -4,9 +4,12 @@ Commands:
     * ``nndiag demo [--out DIR] [--epochs N]``: train a small model with an injected fault,
       print what nndiag recorded and where to look.
     * ``nndiag show RUN_DIR [--json]``: summarise a recorded run (finished or killed).
+    * ``nndiag diagnose RUN_DIR [--config FILE] [--num-classes C] [--json] [--fail-on LEVEL]``:
+      re-run the advisors on a stored run (other thresholds from FILE) and print the diagnoses.
 
-Exit codes: 0 success; 2 bad usage or bad input (missing directory, not a run, damaged
-store), with a one-line message on stderr and no traceback.
+Exit codes: 0 success; 1 ``diagnose --fail-on`` found an open diagnosis that severe; 2 bad
+usage or bad input (missing directory, not a run, damaged store, bad config file), with a
+one-line message on stderr and no traceback.
 
 Example:
     >>> from nndiag.cli import main
@@ -28,6 +31,7 @@ from nndiag.store.reader import CorruptRunError, RunNotFoundError, load_run
 from nndiag.summary import ACTIVATION_STATS, PARAMETER_STATS, layer_summary, render_text, run_overview
 
 EXIT_OK = 0
+EXIT_PROBLEMS = 1  # diagnose --fail-on: an open diagnosis at or above the level
 EXIT_BAD_INPUT = 2
 
 
@@ -38,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a small model with an injected fault and show the recording")
     demo.add_argument("--out", default="runs", help="parent folder of the TensorBoard/run-store logs (default: runs)")
     demo.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    diag = sub.add_parser("diagnose", help="re-run the advisors on a recorded run and print the diagnoses")
+    diag.add_argument("run_dir", help="the run's log directory (holding nndiag.sqlite)")
+    diag.add_argument("--config", help="advisor thresholds: a TOML ([advisor] table or top level) or JSON file")
+    diag.add_argument("--num-classes", type=int, help="classes of a softmax classifier (for initial_loss_off)")
+    diag.add_argument("--json", action="store_true", help="machine-readable output")
+    diag.add_argument(
+        "--fail-on", choices=("info", "warning", "error"), help="exit 1 if an open diagnosis is this severe or worse"
+    )
     show = sub.add_parser("show", help="summarise a recorded run")
     show.add_argument("run_dir", help="the run's log directory (holding nndiag.sqlite)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -93,6 +105,32 @@ def _show(run_dir: str, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _diagnose(run_dir: str, config: str | None, num_classes: int | None, as_json: bool, fail_on: str | None) -> int:
+    from nndiag.advisor import Advisor
+    from nndiag.rules.config import AdvisorConfig
+
+    run = load_run(run_dir)
+    cfg = AdvisorConfig.from_file(config) if config else AdvisorConfig()
+    facts = dict(run.facts)
+    if num_classes is not None:
+        facts["num_classes"] = num_classes
+    diagnoses = Advisor(cfg).replay(run.history, facts)
+    if as_json:
+        print(json.dumps(_clean({"run": str(run.path), "diagnoses": [d.to_dict() for d in diagnoses]}), indent=2))
+    else:
+        print(f"{run.path}: {len(diagnoses)} diagnoses")
+        for d in diagnoses:
+            state = " (resolved)" if d.resolved else ""
+            print(f"  [{d.severity}] {d.code}{f' [{d.layer}]' if d.layer else ''} at step {d.step}{state}: {d.message}")
+            for fix in d.suggestions:
+                print(f"      - {fix}")
+    if fail_on is not None:
+        worst = {"info": 2, "warning": 1, "error": 0}
+        if any(worst[d.severity] <= worst[fail_on] for d in diagnoses if not d.resolved):
+            return EXIT_PROBLEMS
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -102,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_demo(args.out, epochs=args.epochs)
             return EXIT_OK
+        if args.command == "diagnose":
+            return _diagnose(args.run_dir, args.config, args.num_classes, args.json, args.fail_on)
         return _show(args.run_dir, args.json)
-    except (RunNotFoundError, CorruptRunError) as exc:
+    except (RunNotFoundError, CorruptRunError, ValueError, OSError) as exc:
         print(f"nndiag: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -19,6 +19,32 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+# The diagnosis codes nndiag's advisors emit (a contract: stable names).
+DIAGNOSIS_CODES: tuple[str, ...] = (
+    "lr_too_high",
+    "lr_too_low",
+    "loss_diverging",
+    "loss_oscillating",
+    "loss_not_decreasing",
+    "nonfinite_loss",
+    "nonfinite_activations",
+    "nonfinite_input",
+    "exploding_gradients",
+    "vanishing_gradients",
+    "activation_collapse",
+    "saturated_activations",
+    "dead_units",
+    "sigmoid_hidden_layer",
+    "poor_init_scale",
+    "symmetric_init",
+    "weights_not_updating",
+    "input_not_normalized",
+    "initial_loss_off",
+    "overfitting",
+    "underfitting",
+    "batchnorm_small_batch",
+)
+
 Severity = Literal["info", "warning", "error"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")
 

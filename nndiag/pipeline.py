@@ -23,14 +23,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 import time
 import warnings
 from typing import Any
 
+from nndiag.advice import AdvisorLoop
+from nndiag.advisor import by_severity
 from nndiag.collect.packet import Packet
-from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.sinks.memory import MemoryHistory
 from nndiag.sinks.tensorboard import TensorBoardSink
@@ -50,6 +52,7 @@ class Pipeline:
         guard: ErrorGuard | None = None,
         flush_seconds: float = 2.0,
         max_queue: int = 256,
+        advice: AdvisorLoop | None = None,
     ) -> None:
         self.memory = memory or MemoryHistory()
         self.store = store
@@ -57,6 +60,7 @@ class Pipeline:
         self.guard = guard or ErrorGuard()
         self.flush_seconds = flush_seconds
         self.facts: dict[str, Any] = {}
+        self.advice = advice
         self.dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._last_flush = time.monotonic()
@@ -66,7 +70,7 @@ class Pipeline:
 
     # -- training thread -------------------------------------------------------------
     def submit(self, item: Any) -> None:
-        """Enqueue a :class:`Packet`, ``("facts", dict)`` or ``("diagnoses", step, list)``; never blocks."""
+        """Enqueue a :class:`Packet` or ``("facts", dict)``; never blocks."""
         if self._closed:
             return
         try:
@@ -114,13 +118,17 @@ class Pipeline:
                 self._flush()
                 continue
             if item is _STOP:
+                self.guard.run("advisors", self._advise)  # the final check, on everything recorded
                 self._flush()
                 return
-            self.guard.run("background writer", self._handle, item)
+            urgent = self.guard.run("background writer", self._handle, item)
+            if self.advice is not None and isinstance(item, Packet) and self.advice.due(bool(urgent)):
+                self.guard.run("advisors", self._advise)
             if time.monotonic() - self._last_flush >= self.flush_seconds:
                 self._flush()
 
-    def _handle(self, item: Any) -> None:
+    def _handle(self, item: Any) -> bool:
+        """Write one queued item; True when it carried a non-finite loss (advisors should look now)."""
         if isinstance(item, Packet):
             rows = item.decode()
             self.memory.write_rows(rows)
@@ -132,21 +140,32 @@ class Pipeline:
                     self.guard.run(
                         "tensorboard histograms", self.tensorboard.write_histograms, item.step, item.histograms()
                     )
-        elif item[0] == "facts":
+            return any(s == "loss" and not math.isfinite(v) for s, v in zip(rows.stats, rows.value, strict=True))
+        if item[0] == "facts":
             self.facts = item[1]
             if self.store is not None:
                 self.guard.run("run store", self.store.write_meta, "facts", item[1])
-        elif item[0] == "diagnoses":
-            self._write_diagnoses(item[1], item[2])
         elif item[0] == "callback":
             self._flush()
             item[1]()
+        return False
 
-    def _write_diagnoses(self, step: int, diagnoses: list[Diagnosis]) -> None:
+    def _advise(self) -> None:
+        """Run the advisors on the history so far; persist changes, show the table when it changed."""
+        if self.advice is None:
+            return
+        history = self.memory.frame()
+        if history.empty:
+            return
+        changed = self.advice.run(history, self.facts)
+        if not changed:
+            return
         if self.store is not None:
-            self.guard.run("run store", self.store.write_diagnoses, diagnoses)
-        if self.tensorboard is not None:
-            self.guard.run("tensorboard", self.tensorboard.write_diagnoses, step, diagnoses)
+            self.guard.run("run store", self.store.write_diagnoses, changed)
+        shown = [d for d in changed if d.count == 1 or d.resolved]  # new or resolved: the table changed
+        if shown and self.tensorboard is not None:
+            step = int(history.step.max())
+            self.guard.run("tensorboard", self.tensorboard.write_diagnoses, step, by_severity(self.advice.diagnoses))
 
     def _flush(self) -> None:
         self._last_flush = time.monotonic()

@@ -13,8 +13,8 @@ Example:
     >>> s.begin_batch()
     >>> loss = model(torch.randn(4, 2)).pow(2).mean(); loss.backward(); opt.step()
     >>> s.end_batch(loss); s.close()
-    >>> sorted(s.history.stat.unique())[:3]
-    ['act_mean', 'act_std', 'grad_norm']
+    >>> {"act_std", "grad_norm", "update_ratio", "loss"} <= set(s.history.stat)
+    True
 
 """
 
@@ -32,19 +32,19 @@ import pandas as pd
 import torch
 from torch import nn
 
+from nndiag.advice import AdvisorLoop
 from nndiag.collect.packet import Packet
 from nndiag.collect.recorder import Recorder
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
+from nndiag.log import get_logger
 from nndiag.pipeline import Pipeline
 from nndiag.schedule import Schedule
 from nndiag.sinks.memory import MemoryHistory
 from nndiag.sinks.tensorboard import TensorBoardSink
 from nndiag.store.reader import load_run
 from nndiag.store.writer import RunStore
-
-log = logging.getLogger("nndiag")
 
 
 class Session:
@@ -61,11 +61,13 @@ class Session:
         meta: dict[str, Any] | None = None,
         start_step: int = 0,
         guard: ErrorGuard | None = None,
+        advice: AdvisorLoop | None = None,
     ) -> None:
         self.config = config or RecorderConfig()
         self.guard = guard or ErrorGuard()
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.diagnoses: list[Diagnosis] = []
+        self.advice = advice
+        self.diagnoses: list[Diagnosis] = advice.diagnoses if advice is not None else []
         if self.log_dir is not None and (self.config.store or (self.config.tensorboard and tb_writer is None)):
             self.log_dir = self._writable(self.log_dir)
         store = self._open_store(meta) if self.config.store and self.log_dir is not None else None
@@ -77,6 +79,7 @@ class Session:
             guard=self.guard,
             flush_seconds=self.config.flush_seconds,
             max_queue=self.config.max_queue,
+            advice=advice,
         )
         self.recorder = Recorder(model, optimizers, self.pipeline.submit, self.config, schedule, self.guard, start_step)
         self.recorder.attach()
@@ -186,10 +189,14 @@ class Session:
             return
         atexit.unregister(self._atexit)
         self.guard.run("recorder close", self.recorder.close)
-        self.pipeline.close(status)
+        self.pipeline.close(status)  # runs the final advisor check before closing the store
         self.closed = True
-        where = f" to {self.log_dir}" if self.log_dir is not None and self.pipeline.store is not None else ""
-        log.info("nndiag: recorded %d optimizer steps%s", self.recorder.step, where)
+        logger = get_logger()
+        if self.advice is not None:
+            problems = any(d.severity != "info" for d in self.advice.diagnoses)
+            logger.log(logging.WARNING if problems else logging.INFO, self.advice.summary(self.recorder.step))
+        if self.log_dir is not None and self.pipeline.store is not None:
+            logger.info("nndiag: run store %s (nndiag show %s)", self.pipeline.store.path, self.log_dir)
 
 
 def _close_at_exit(ref: weakref.ref[Session]) -> Any:

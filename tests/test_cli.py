@@ -88,3 +88,52 @@ def test_demo_command_runs_and_points_at_the_fault(tmp_path):
     assert dead.iloc[0] > 0.5  # the injected fault is visible in the recording
     healthy = h[(h.stat == "dead_frac") & (h.layer == "net.3")].value
     assert healthy.iloc[0] < dead.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def nan_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nanruns")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt, log_dir=root, schedule=1, diagnose=False) as mon:
+        for step in range(12):
+            x = torch.randn(16, 4)
+            if step == 7:
+                x[0, 0] = float("nan")  # a bad sample at step 7
+            loss = nn.functional.cross_entropy(model(x), torch.randint(0, 2, (16,)))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            mon.step(loss)
+    return mon.log_dir
+
+
+def test_diagnose_reruns_rules_on_a_stored_run(nan_run, capsys):
+    assert main(["diagnose", nan_run]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "nonfinite_input [input] at step 7" in out
+    assert "nonfinite_loss at step 7" in out
+    assert "      - " in out  # fixes listed
+
+
+def test_diagnose_json_and_fail_on(nan_run, recorded_run, capsys):
+    assert main(["diagnose", nan_run, "--json"]) == EXIT_OK
+    doc = json.loads(capsys.readouterr().out)
+    codes = {d["code"] for d in doc["diagnoses"]}
+    assert {"nonfinite_loss", "nonfinite_input"} <= codes
+    assert main(["diagnose", nan_run, "--fail-on", "error"]) == 1
+    assert main(["diagnose", recorded_run, "--fail-on", "error"]) == EXIT_OK  # healthy: no error
+
+
+def test_diagnose_bad_config_is_one_line(nan_run, tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[advisor]\ndead_fraction = 0.7\n")
+    exe = shutil.which("nndiag")
+    cmd = [exe] if exe else [sys.executable, "-m", "nndiag.cli"]
+    proc = subprocess.run(
+        [*cmd, "diagnose", nan_run, "--config", str(cfg)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "Traceback" not in proc.stderr
+    assert "unknown advisor threshold(s) dead_fraction" in proc.stderr

@@ -89,7 +89,7 @@ def test_diagnoses_markdown_table_escapes_model_strings():
     assert len(lines) == 3  # header, separator, one row: no row injected by the message
     assert "<script>" not in md
     assert "&lt;script&gt;" in md
-    assert lines[2].count(" | ") == 5  # six cells, the layer's pipe escaped
+    assert lines[2].count(" | ") == 6  # seven cells, the layer's pipe escaped
     assert "dead\\_units" in lines[2] and "warning" in lines[2]
     assert markdown_escape("a|b") == "a\\|b"
 

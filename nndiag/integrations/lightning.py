@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -34,7 +35,9 @@ import pandas as pd
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
+from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
 from nndiag.integrations.options import build_config
+from nndiag.log import get_logger
 from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
@@ -110,11 +113,19 @@ class _DiagnosticsCallbackImpl:
         *,
         config: RecorderConfig | None = None,
         val_loss_key: str | None = None,
+        diagnose: bool = True,
+        advisor_config: AdvisorConfigLike = None,
+        num_classes: int | None = None,
+        halt_on: Iterable[str] | str = (),
         **options: Any,
     ) -> None:
         resolve_schedule(schedule)  # validate now: a clear error at construction
         self.schedule = schedule
         self.val_loss_key = val_loss_key
+        build_advice(diagnose, advisor_config, num_classes, halt_on)  # validate now
+        self._advice_args = (diagnose, advisor_config, num_classes, halt_on)
+        self.halt_on = halt_codes(halt_on)
+        self.stop_reason: str | None = None
         self.config = build_config(config, options)
         self.guard = ErrorGuard()
         self.session: Session | None = None
@@ -164,7 +175,9 @@ class _DiagnosticsCallbackImpl:
             meta=meta,
             start_step=self._first_step(trainer.log_dir),
             guard=self.guard,
+            advice=build_advice(*self._advice_args),
         )
+        self.stop_reason = None
         self._restored_step = None
         self.diagnoses = self.session.diagnoses
 
@@ -192,6 +205,16 @@ class _DiagnosticsCallbackImpl:
         assert self.session is not None
         loss = self.guard.run("loss", _user_loss, trainer, pl_module, outputs)  # a failure here must not lose the step
         self.session.end_batch(loss)
+        if self.halt_on and self.stop_reason is None:
+            self.guard.run("halt_on", self._maybe_halt, trainer)
+
+    def _maybe_halt(self, trainer: Any) -> None:
+        assert self.session is not None
+        hit = next((d for d in self.session.diagnoses if d.code in self.halt_on and not d.resolved), None)
+        if hit is not None:
+            self.stop_reason = f"nndiag stopped training: {hit.code} at step {hit.step}: {hit.message}"
+            get_logger().error(self.stop_reason)
+            trainer.should_stop = True
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.session is not None and not getattr(trainer, "sanity_checking", False):
@@ -263,6 +286,12 @@ Args:
         ``N`` for every N-th step, or a callable ``step -> bool``.
     config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields
         (``histograms=True``, ``update_ratio="sampled"``, ...).
+    diagnose: run the rule-based advisors (default True); diagnoses appear in ``diagnoses``, TensorBoard
+        (``nndiag/diagnoses``), the run store and the ``nndiag`` logger, with a summary at the end of fit.
+    advisor_config: thresholds: an :class:`~nndiag.AdvisorConfig`, a dict, or a TOML/JSON file.
+    num_classes: classes of a softmax classifier (for ``initial_loss_off``; inferred when omitted).
+    halt_on: diagnosis codes that stop training cleanly (like EarlyStopping), e.g.
+        ``("nonfinite_loss", "loss_diverging")``; the reason is in ``stop_reason`` and the log.
     val_loss_key: the ``self.log`` name of your validation loss; by default the first of
         ``val_loss``, ``val/loss``, ``valid_loss``, ``validation_loss``, ``val_loss_epoch``,
         ``loss/val`` found in ``trainer.callback_metrics`` at the end of each validation epoch

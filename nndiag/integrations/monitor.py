@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from torch import nn
 
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
+from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
 from nndiag.integrations.options import build_config
 from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
@@ -65,6 +66,8 @@ class Monitor:
         log_dir: parent folder of the run's ``version_N`` folder, or ``None`` (memory only).
         schedule: logging steps, as for :class:`~nndiag.DiagnosticsCallback`.
         config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields.
+        diagnose, advisor_config, num_classes, halt_on: as for :class:`~nndiag.DiagnosticsCallback`;
+            with ``halt_on``, check ``mon.should_stop`` in the loop.
 
     """
 
@@ -76,6 +79,10 @@ class Monitor:
         *,
         schedule: Schedule = None,
         config: RecorderConfig | None = None,
+        diagnose: bool = True,
+        advisor_config: AdvisorConfigLike = None,
+        num_classes: int | None = None,
+        halt_on: Iterable[str] | str = (),
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -91,8 +98,12 @@ class Monitor:
                 )
         resolve_schedule(schedule)
         cfg = build_config(config, options)
+        advice = build_advice(diagnose, advisor_config, num_classes, halt_on)
+        self.halt_on = halt_codes(halt_on)
         run_dir = next_version_dir(log_dir) if log_dir is not None else None
-        self.session = Session(model, optimizers, run_dir, config=cfg, schedule=schedule, meta={"framework": "torch"})
+        self.session = Session(
+            model, optimizers, run_dir, config=cfg, schedule=schedule, meta={"framework": "torch"}, advice=advice
+        )
         self.session.begin_batch()
 
     def step(self, loss: torch.Tensor | float | None = None) -> None:
@@ -127,6 +138,19 @@ class Monitor:
     def log_dir(self) -> str | None:
         """The run's folder (``<log_dir>/version_N``), or ``None`` in memory-only mode."""
         return None if self.session.log_dir is None else str(self.session.log_dir)
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a diagnosis listed in ``halt_on`` holds: ``if mon.should_stop: break``."""
+        return self.stop_reason is not None
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why ``should_stop`` is True (the first ``halt_on`` diagnosis), else ``None``."""
+        if not self.halt_on:
+            return None
+        hit = next((d for d in self.session.diagnoses if d.code in self.halt_on and not d.resolved), None)
+        return None if hit is None else f"nndiag: {hit.code} at step {hit.step}: {hit.message}"
 
     @property
     def steps(self) -> int:

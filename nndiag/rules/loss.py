@@ -65,11 +65,10 @@ def _first_nonfinite_layer(view: RunView, upto: int) -> tuple[str, int] | None:
     m = view.matrix("nonfinite")
     if m.empty:
         return None
-    m = m[m.index <= upto]
-    hits = m[m > 0].stack()
-    if hits.empty:
+    bad = m[m.index <= upto].fillna(0) > 0
+    rows = bad.any(axis=1)
+    if not rows.any():
         return None
-    step = int(hits.index.get_level_values(0).min())
-    row = m.loc[step]
-    layers = [str(c) for c in row.index if row[c] > 0]
+    step = int(rows.index[rows.to_numpy()][0])
+    layers = [str(c) for c in bad.columns[bad.loc[step].to_numpy()]]
     return view.ordered(layers)[0], step

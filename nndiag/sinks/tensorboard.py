@@ -50,11 +50,13 @@ def markdown_escape(text: str) -> str:
 
 
 def diagnoses_markdown(diagnoses: list[Diagnosis]) -> str:
-    """The diagnoses as a Markdown table (severity, code, step, layer, message, first fix)."""
-    lines = ["| severity | code | step | layer | message | first fix |", "|---|---|---|---|---|---|"]
+    """The diagnoses as a Markdown table (severity, code, layer, steps, status, message, first fix)."""
+    lines = ["| severity | code | layer | steps | status | message | first fix |", "|---|---|---|---|---|---|---|"]
     for d in diagnoses:
         fix = d.suggestions[0] if d.suggestions else ""
-        cells = [d.severity, d.code, str(d.step), d.layer or "", d.message, fix]
+        steps = f"{d.step}-{d.last_step}" if d.last_step not in (None, d.step) else str(d.step)
+        status = "resolved" if d.resolved else "open"
+        cells = [d.severity, d.code, d.layer or "", steps, status, d.message, fix]
         lines.append("| " + " | ".join(markdown_escape(c) for c in cells) + " |")
     return "\n".join(lines)
 

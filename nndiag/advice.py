@@ -1,0 +1,105 @@
+"""Running the advisors during training: periodically on the writer thread, and once at the end.
+
+:class:`AdvisorLoop` decides when a check is due (at most every ``min_interval`` seconds, and
+never more often than 5x the duration of the last check, so the rules never take a noticeable
+share of the CPU), runs the :class:`~nndiag.advisor.Advisor` over the in-memory history, and
+logs each diagnosis once when it first appears (rank zero only: nndiag records on rank zero).
+
+Example:
+    >>> import pandas as pd
+    >>> from nndiag.advice import AdvisorLoop
+    >>> loop = AdvisorLoop(min_interval=0.0, log=False)
+    >>> h = pd.DataFrame({"step": [0, 1], "layer": ["", ""], "stat": ["loss"] * 2, "value": [2.3, float("nan")]})
+    >>> [d.code for d in loop.run(h, {})]
+    ['nonfinite_loss']
+    >>> loop.run(h, {})[0].count
+    2
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from nndiag.advisor import Advisor, by_severity
+from nndiag.diagnosis import Diagnosis
+from nndiag.log import get_logger
+from nndiag.rules.config import AdvisorConfig
+from nndiag.rules.view import RunView
+
+_LEVEL = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
+
+
+class AdvisorLoop:
+    """Periodic advisor checks with logging of new diagnoses."""
+
+    def __init__(
+        self,
+        config: AdvisorConfig | None = None,
+        min_interval: float = 2.0,
+        extra_facts: dict[str, Any] | None = None,
+        log: bool = True,
+        every_packets: int = 10,
+    ) -> None:
+        self.advisor = Advisor(config)
+        self.min_interval = min_interval
+        self.extra_facts = extra_facts or {}
+        self.log = log
+        self.every_packets = every_packets
+        self._last = float("-inf")
+        self._cost = 0.0
+        self._packets = 0
+        self._logged: set[tuple[str, str | None]] = set()
+
+    @property
+    def diagnoses(self) -> list[Diagnosis]:
+        """All diagnoses so far (the list object is updated in place)."""
+        return self.advisor.diagnoses
+
+    def due(self, urgent: bool = False) -> bool:
+        """Whether a check is due after one more logging packet.
+
+        Due every ``min_interval`` seconds, or every ``every_packets`` packets, or at once when
+        ``urgent`` (a non-finite loss arrived) -- but never sooner than 5x the last check's
+        duration after it, so the rules stay a small share of the CPU.
+        """
+        self._packets += 1
+        elapsed = time.monotonic() - self._last
+        if elapsed < 5 * self._cost:
+            return False
+        return urgent or elapsed >= self.min_interval or self._packets >= self.every_packets
+
+    def run(self, history: pd.DataFrame, facts: dict[str, Any]) -> list[Diagnosis]:
+        """Check now; return the diagnoses that are new, updated or resolved."""
+        start = time.monotonic()
+        self._packets = 0
+        changed = self.advisor.check(RunView(history, {**facts, **self.extra_facts}))
+        self._last = time.monotonic()
+        self._cost = self._last - start
+        if self.log:
+            for d in changed:
+                key = (d.code, d.layer)
+                if not d.resolved and key not in self._logged:
+                    self._logged.add(key)
+                    where = f" [{d.layer}]" if d.layer else ""
+                    text = f"nndiag {d.severity}: {d.code}{where} at step {d.step}: {d.message}"
+                    get_logger().log(_LEVEL[d.severity], text)
+        return changed
+
+    def summary(self, steps: int) -> str:
+        """A readable end-of-training summary of all diagnoses, most severe first."""
+        diags = by_severity(self.diagnoses)
+        if not diags:
+            return f"nndiag: no problems found in {steps} optimizer steps."
+        lines = [f"nndiag: {len(diags)} diagnoses in {steps} optimizer steps:"]
+        for d in diags:
+            span = f"steps {d.step}-{d.last_step}" if d.last_step not in (None, d.step) else f"step {d.step}"
+            state = " (resolved)" if d.resolved else ""
+            where = f" [{d.layer}]" if d.layer else ""
+            lines.append(f"  {d.severity.upper():7} {d.code}{where}, {span}{state}: {d.message}")
+            if d.suggestions:
+                lines.append(f"          try first: {d.suggestions[0]}")
+        return "\n".join(lines)
