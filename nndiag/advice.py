@@ -1,8 +1,8 @@
 """Running the advisors during training: periodically on the writer thread, and once at the end.
 
-:class:`AdvisorLoop` decides when a check is due (at most every ``min_interval`` seconds, and
-never more often than 5x the duration of the last check, so the rules never take a noticeable
-share of the CPU), runs the :class:`~nndiag.advisor.Advisor` over the in-memory history, and
+:class:`AdvisorLoop` decides when a check is due (every 5 s or 20 logging steps, at once when the
+loss turns non-finite, but never sooner than 20x the last check's duration after it, so the rules
+never take a noticeable share of the CPU), runs the :class:`~nndiag.advisor.Advisor` over the in-memory history, and
 logs each diagnosis once when it first appears (rank zero only: nndiag records on rank zero).
 
 Example:
@@ -31,6 +31,7 @@ from nndiag.rules.config import AdvisorConfig
 from nndiag.rules.view import RunView
 
 _LEVEL = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
+COST_FACTOR = 20  # a check of duration d is followed by at least 20*d without checks
 
 
 class AdvisorLoop:
@@ -39,10 +40,10 @@ class AdvisorLoop:
     def __init__(
         self,
         config: AdvisorConfig | None = None,
-        min_interval: float = 2.0,
+        min_interval: float = 5.0,
         extra_facts: dict[str, Any] | None = None,
         log: bool = True,
-        every_packets: int = 10,
+        every_packets: int = 20,
     ) -> None:
         self.advisor = Advisor(config)
         self.min_interval = min_interval
@@ -63,14 +64,16 @@ class AdvisorLoop:
         """Whether a check is due after one more logging packet.
 
         Due every ``min_interval`` seconds, or every ``every_packets`` packets, or at once when
-        ``urgent`` (a non-finite loss arrived) -- but never sooner than 5x the last check's
-        duration after it, so the rules stay a small share of the CPU.
+        ``urgent`` (the first non-finite loss arrived); otherwise never sooner than ``COST_FACTOR``
+        times the last check's duration after it, so the rules use at most ~5% of one core.
         """
         self._packets += 1
+        if urgent:
+            return True
         elapsed = time.monotonic() - self._last
-        if elapsed < 5 * self._cost:
+        if elapsed < COST_FACTOR * self._cost:
             return False
-        return urgent or elapsed >= self.min_interval or self._packets >= self.every_packets
+        return elapsed >= self.min_interval or self._packets >= self.every_packets
 
     def run(self, history: pd.DataFrame, facts: dict[str, Any]) -> list[Diagnosis]:
         """Check now; return the diagnoses that are new, updated or resolved."""

@@ -61,6 +61,7 @@ class Pipeline:
         self.flush_seconds = flush_seconds
         self.facts: dict[str, Any] = {}
         self.advice = advice
+        self._nonfinite_seen = False  # the first non-finite loss makes an advisor check urgent
         self.dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._last_flush = time.monotonic()
@@ -128,7 +129,7 @@ class Pipeline:
                 self._flush()
 
     def _handle(self, item: Any) -> bool:
-        """Write one queued item; True when it carried a non-finite loss (advisors should look now)."""
+        """Write one queued item; True when it carried the run's first non-finite loss (check now)."""
         if isinstance(item, Packet):
             rows = item.decode()
             self.memory.write_rows(rows)
@@ -140,7 +141,12 @@ class Pipeline:
                     self.guard.run(
                         "tensorboard histograms", self.tensorboard.write_histograms, item.step, item.histograms()
                     )
-            return any(s == "loss" and not math.isfinite(v) for s, v in zip(rows.stats, rows.value, strict=True))
+            if self._nonfinite_seen:
+                return False
+            self._nonfinite_seen = any(
+                s == "loss" and not math.isfinite(v) for s, v in zip(rows.stats, rows.value, strict=True)
+            )
+            return self._nonfinite_seen
         if item[0] == "facts":
             self.facts = item[1]
             if self.store is not None:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from nndiag.advisor import by_severity
 from nndiag.demo.models import blobs, mlp
 from nndiag.summary import ACTIVATION_STATS, PARAMETER_STATS, layer_summary, render_text, run_overview
 
@@ -102,13 +103,14 @@ def render_report(log_dir: str | None, overview: dict[str, Any], summary: pd.Dat
         "",
     ]
     if diagnoses:
-        lines.append("Diagnoses:")
-        lines += [f"  [{d.severity}] {d.code} at step {d.step} ({d.layer or 'run'}): {d.message}" for d in diagnoses]
+        lines.append("Diagnoses (most severe first):")
+        for d in by_severity(diagnoses):
+            state = " (resolved)" if d.resolved else ""
+            lines.append(f"  [{d.severity}] {d.code} at step {d.step} ({d.layer or 'run'}){state}: {d.message}")
+            if d.suggestions:
+                lines.append(f"      try first: {d.suggestions[0]}")
     else:
-        lines.append(
-            "Diagnoses: none. The rule-based advisors are not in this release yet; read the table: "
-            "dead_frac of layer '1' (the first ReLU) is the injected fault."
-        )
+        lines.append("Diagnoses: none (the advisors did not flag the injected fault: please report this).")
     lines += [
         "",
         f"Run store: {log_dir}/nndiag.sqlite  (nndiag show {log_dir})",
