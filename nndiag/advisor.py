@@ -48,16 +48,60 @@ EXPLAINED_BY: dict[str, tuple[str, ...]] = {
         "underfitting",
     ),
     "underfitting": ("lr_too_low", "weights_not_updating", "vanishing_gradients", "activation_collapse"),
-    "exploding_gradients": ("nonfinite_loss",),
     "nonfinite_activations": ("nonfinite_input",),
+    # tiny updates because the gradients vanish: raising the learning rate is not the fix
+    "lr_too_low": ("vanishing_gradients", "activation_collapse"),
 }
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
+# Within one severity, root causes come before the mechanisms they set off, and those before
+# the symptoms on the loss curve: the first diagnosis of a run names the cause to fix first.
+CAUSE_ORDER: tuple[str, ...] = (
+    # set-up faults: data, initialisation, optimizer configuration, architecture
+    "nonfinite_input",
+    "input_not_normalized",
+    "symmetric_init",
+    "poor_init_scale",
+    "weights_not_updating",
+    "lr_too_high",
+    "lr_too_low",
+    "batchnorm_small_batch",
+    "sigmoid_hidden_layer",
+    # mechanisms inside the network
+    "exploding_gradients",
+    "activation_collapse",
+    "vanishing_gradients",
+    "saturated_activations",
+    "dead_units",
+    # symptoms
+    "nonfinite_loss",
+    "nonfinite_activations",
+    "loss_diverging",
+    "loss_oscillating",
+    "initial_loss_off",
+    "overfitting",
+    "underfitting",
+    "loss_not_decreasing",
+)
+_CAUSE_RANK = {code: i for i, code in enumerate(CAUSE_ORDER)}
+
 
 def by_severity(diagnoses: Iterable[Diagnosis]) -> list[Diagnosis]:
-    """Errors first, then warnings, then info; open before resolved; then by first step."""
-    return sorted(diagnoses, key=lambda d: (d.resolved, SEVERITY_ORDER[d.severity], d.step, d.code, d.layer or ""))
+    """Open before resolved; errors, then warnings, then info; causes before symptoms; then by step.
+
+    The first entry is nndiag's answer to "what is wrong with this run, and what do I fix first".
+    """
+    return sorted(
+        diagnoses,
+        key=lambda d: (
+            d.resolved,
+            SEVERITY_ORDER[d.severity],
+            _CAUSE_RANK.get(d.code, len(_CAUSE_RANK)),
+            d.step,
+            d.layer or "",
+        ),
+    )
 
 
 class Advisor:

@@ -148,3 +148,20 @@ def test_advisor_config_from_toml_file(tmp_path):
     assert cb._advice_args[1] == str(path)
     cfg = AdvisorConfig.from_file(path)
     assert (cfg.dead_frac, cfg.sat_frac) == (0.8, 0.6)
+
+
+def test_every_code_has_a_cause_rank_and_causes_come_first():
+    from nndiag.advisor import CAUSE_ORDER, by_severity
+    from nndiag.diagnosis import DIAGNOSIS_CODES, Diagnosis
+
+    assert sorted(CAUSE_ORDER) == sorted(DIAGNOSIS_CODES)
+    symptom = Diagnosis("initial_loss_off", "warning", 0, None, "Initial loss 22.8 vs ln 4.")
+    cause = Diagnosis("poor_init_scale", "warning", 3, "0.weight", "Weight std 8x Xavier.")
+    error = Diagnosis("nonfinite_loss", "error", 9, None, "NaN loss.")
+    resolved = Diagnosis("nonfinite_input", "error", 1, "input", "NaN input.", resolved=True)
+    assert [d.code for d in by_severity([symptom, resolved, cause, error])] == [
+        "nonfinite_loss",  # errors first
+        "poor_init_scale",  # then, among warnings, the cause before its symptom (despite its later step)
+        "initial_loss_off",
+        "nonfinite_input",  # resolved last
+    ]

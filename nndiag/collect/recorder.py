@@ -334,8 +334,8 @@ def initial_weight_facts(model: nn.Module | None) -> dict[str, dict[str, Any]]:
     rows: list[torch.Tensor] = []
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.numel() == 0 or not p.is_floating_point():
-                continue
+            if nn.parameter.is_lazy(p) or p.numel() == 0 or not p.is_floating_point():
+                continue  # lazy modules' parameters do not exist before the first forward pass
             w = p.detach().float()
             flat = w.reshape(w.shape[0], -1) if w.dim() >= 2 else None
             if flat is not None and flat.shape[0] >= 2:

@@ -6,6 +6,7 @@ from nndiag.rules import (  # noqa: F401  (imported for registration)
     gradients,
     inputs,
     loss,
+    lr,
     params,
 )
 from nndiag.rules.config import AdvisorConfig

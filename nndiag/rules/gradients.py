@@ -1,1 +1,322 @@
-"""Rules: gradients (filled in by the advisors work)."""
+"""Gradient rules: exploding and vanishing gradients.
+
+"First" and "last" layer are the first and last weight tensors (linear/conv, in forward order) that
+received a non-zero gradient; parameters no gradient reaches are ``weights_not_updating``'s business.
+
+Example:
+    >>> import pandas as pd
+    >>> from nndiag.rules.config import AdvisorConfig
+    >>> from nndiag.rules.gradients import vanishing_gradients
+    >>> from nndiag.rules.view import RunView
+    >>> rows = [(s, p, "grad_norm", g) for s in range(4) for p, g in (("fc1.weight", 1e-6), ("fc2.weight", 0.1))]
+    >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
+    >>> facts = {"forward_order": ["fc1", "act", "fc2"],
+    ...          "layers": {"fc1": {"kind": "linear"}, "act": {"kind": "activation"}, "fc2": {"kind": "linear"}},
+    ...          "params": {"fc1.weight": {"shape": [8, 4], "layer": "fc1"},
+    ...                     "fc2.weight": {"shape": [2, 8], "layer": "fc2"}}}
+    >>> [(d.code, d.layer, d.step) for d in vanishing_gradients(RunView(h, facts), AdvisorConfig())]
+    [('vanishing_gradients', 'fc1.weight', 0)]
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from nndiag.diagnosis import Diagnosis
+from nndiag.rules.activations import sustained_since
+from nndiag.rules.config import AdvisorConfig
+from nndiag.rules.registry import rule
+from nndiag.rules.view import RunView
+
+
+def weight_params(view: RunView) -> list[str]:
+    """Trained weight tensors (>= 2 dims) of the linear/conv layers the forward pass called, in forward order.
+
+    Parameters outside every optimizer are left out (their gradients are never applied). Without
+    parameter facts: the recorded ``*.weight`` parameters.
+    """
+    params = view.facts.get("params") or {}
+    called = set(view.forward_order)
+    trained = bool(view.facts.get("optimizers"))  # else in_optimizer is unknown (no torch optimizer)
+    if params:
+        names = [
+            n
+            for n, p in params.items()
+            if p.get("trainable", True)
+            and not (trained and p.get("in_optimizer") is False)
+            and len(p.get("shape") or []) >= 2
+            and n.rsplit(".", 1)[-1] == "weight"
+            and view.layer(str(p.get("layer", ""))).get("kind") in ("linear", "conv")
+            and (not called or p.get("layer") in called)
+        ]
+    else:
+        m = view.matrix("grad_norm")
+        names = [str(c) for c in m.columns if str(c).rsplit(".", 1)[-1] == "weight"]
+    return view.ordered(names)
+
+
+def _ratios(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[str, str]]]:
+    """Grad-norm matrix, first/last weight-gradient ratio per step, and the (first, last) pair used per step.
+
+    First and last are the first and last weight tensors with a finite, non-zero gradient at that step.
+    """
+    g = view.matrix("grad_norm")
+    weights = [w for w in weight_params(view) if w in g.columns]
+    if g.empty or len(weights) < 2:
+        return g, pd.Series(dtype=float), {}
+    gw = g[weights]
+    live = (gw > 0) & gw.map(math.isfinite)
+    usable = live.sum(axis=1) >= 2
+    live = live[usable]
+    if live.empty:
+        return g, pd.Series(dtype=float), {}
+    first = live.idxmax(axis=1)
+    last = live[live.columns[::-1]].idxmax(axis=1)
+    pairs = {int(s): (str(first[s]), str(last[s])) for s in live.index}
+    ratio = pd.Series({s: float(gw.loc[s, a]) / float(gw.loc[s, b]) for s, (a, b) in pairs.items()}, dtype=float)
+    return g, ratio, pairs
+
+
+def _input_scale(view: RunView) -> float:
+    """RMS of the last recorded model input (NaN when not recorded)."""
+    mean, std = view.series("act_mean", "input"), view.series("act_std", "input")
+    if mean.empty or std.empty:
+        return math.nan
+    return math.hypot(float(mean.iloc[-1]), float(std.iloc[-1]))
+
+
+def _exploded_into_nonfinite(
+    view: RunView, grads: pd.DataFrame, total: pd.Series, first_bad: int, cfg: AdvisorConfig
+) -> bool:
+    """Whether the gradients that turned NaN/Inf at ``first_bad`` got there by exploding.
+
+    Yes when the input was finite and either the finite total norm before had passed ``explode_abs``
+    or grown ``explode_growth``-fold, or the backward pass overflowed: Inf gradients while the loss and
+    every activation of that step were finite. NaN from corrupt data or log(0) is not an explosion.
+    """
+    inp = view.series("nonfinite", "input")
+    if len(inp) and (inp[inp.index <= first_bad] > 0).any():
+        return False
+    before = total[(total.index < first_bad)].dropna()
+    if len(before):
+        baseline = float(before.iloc[: min(3, len(before))].median())
+        if float(before.max()) > cfg.explode_abs or (
+            baseline > 0 and float(before.iloc[-1]) > cfg.explode_growth * baseline
+        ):
+            return True
+    at = grads[grads.step == first_bad].value
+    if not at.map(lambda v: math.isinf(float(v))).any():
+        return False
+    loss = view.series("loss")
+    if first_bad in loss.index and not math.isfinite(float(loss[first_bad])):
+        return False
+    acts = view.matrix("nonfinite")
+    return bool(acts.empty or first_bad not in acts.index or not (acts.loc[first_bad].fillna(0) > 0).any())
+
+
+@rule("exploding_gradients", requires=("grad_norm",))
+def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+    """Gradients that are non-finite, huge, growing by orders of magnitude, or far larger early than late.
+
+    Errors: NaN/Inf gradients that exploded (not those of corrupt data or log(0): see
+    :func:`_exploded_into_nonfinite`), or a total gradient norm above ``explode_abs``. Warnings: a total
+    norm grown ``explode_growth``-fold since the start, or a first/last layer gradient ratio above
+    ``explode_ratio``, each sustained over ``sustained_checks`` logging steps.
+
+    The ratio test is skipped while the model input is unscaled: a large input makes the first layer's
+    gradient large (``input_not_normalized`` names that cause).
+    """
+    k = cfg.sustained_checks
+    h = view.history
+    grads = h[h.stat == "grad_norm"]
+    if grads.empty:
+        return []
+    nonfinite = grads[~grads.value.map(lambda v: math.isfinite(float(v)))]
+    steps = pd.Index(sorted(grads.step.unique()))
+    bad_steps = set(nonfinite.step.unique())
+    start = sustained_since(pd.Series([s in bad_steps for s in steps], index=steps), 1)
+    fixes = [
+        "Clip the gradient norm (torch.nn.utils.clip_grad_norm_, or gradient_clip_val in Lightning) near the "
+        "90th percentile of the recorded norms.",
+        "Lower the learning rate (e.g. by 10x).",
+        "Check the initialisation (Xavier/He scale) and add normalisation layers (BatchNorm/LayerNorm).",
+    ]
+    total = view.series("grad_norm_total")
+    if start is not None:
+        if not _exploded_into_nonfinite(view, grads, total, start, cfg):
+            return []  # NaN from the data or the loss (nonfinite_input / nonfinite_loss name it), not an explosion
+        first = [str(n) for n in nonfinite[nonfinite.step == start].layer.unique()]
+        layer = view.ordered(first)[0]
+        count = float(nonfinite[nonfinite.step == steps[-1]].layer.nunique())
+        return [
+            Diagnosis(
+                code="exploding_gradients",
+                severity="error",
+                step=start,
+                layer=layer,
+                message=f"The gradients exploded to NaN/Inf at step {start}, first in {layer}.",
+                evidence={"nonfinite_params": count, "first_step": float(start)},
+                suggestions=[
+                    fixes[1],
+                    fixes[0],
+                    "Look for log/sqrt/division of values that can reach 0 in the loss or the model, and under "
+                    "fp16 use a GradScaler (or bf16).",
+                ],
+            )
+        ]
+    total = total.dropna()
+    if len(total):
+        start = sustained_since(total > cfg.explode_abs, k)
+        if start is not None:
+            value = float(total.iloc[-1])
+            return [
+                Diagnosis(
+                    code="exploding_gradients",
+                    severity="error",
+                    step=start,
+                    layer=None,
+                    message=f"The total gradient norm is {value:.3g}, above {cfg.explode_abs:.0e}.",
+                    evidence={"grad_norm_total": value},
+                    suggestions=fixes,
+                )
+            ]
+        baseline = float(total.iloc[: min(3, len(total))].median())
+        if len(total) > 3 and baseline > 0:
+            start = sustained_since(total > cfg.explode_growth * baseline, k)
+            if start is not None:
+                value = float(total.iloc[-1])
+                return [
+                    Diagnosis(
+                        code="exploding_gradients",
+                        severity="warning",
+                        step=start,
+                        layer=None,
+                        message=(
+                            f"The total gradient norm grew {value / baseline:.0f}x since the start, to {value:.3g}."
+                        ),
+                        evidence={"grad_norm_total": value, "grad_norm_start": baseline, "growth": value / baseline},
+                        suggestions=fixes,
+                    )
+                ]
+    scale = _input_scale(view)
+    if math.isfinite(scale) and scale > max(cfg.input_mean_abs, cfg.input_std_max):
+        return []
+    g, ratio, pairs = _ratios(view)
+    if ratio.empty:
+        return []
+    start = sustained_since(ratio > cfg.explode_ratio, k)
+    if start is None:
+        return []
+    last = int(ratio.index[-1])
+    first_w, last_w = pairs[last]
+    value = float(ratio.iloc[-1])
+    return [
+        Diagnosis(
+            code="exploding_gradients",
+            severity="warning",
+            step=start,
+            layer=first_w,
+            message=(
+                f"The gradient of {first_w} is {value:.0f}x larger than that of {last_w}: gradients grow "
+                "on their way back to the input."
+            ),
+            evidence={
+                "grad_norm_first": float(g.loc[last, first_w]),
+                "grad_norm_last": float(g.loc[last, last_w]),
+                "ratio": value,
+            },
+            suggestions=fixes,
+        )
+    ]
+
+
+@rule("vanishing_gradients", requires=("grad_norm",))
+def vanishing_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+    """Early layers' gradients orders of magnitude below the late layers', or gradients vanished everywhere.
+
+    Published rule: first/last ratio below ``vanish_ratio`` and first below ``vanish_abs``. Vanished
+    throughout the network (the lecture's collapsed 0.01*randn network, where every weight gradient
+    is tiny): the first layer's RMS gradient below ``vanish_rms`` and its update ratio below
+    ``vanish_update`` while the loss has not converged. Both sustained over ``sustained_checks``.
+    """
+    g, ratio, pairs = _ratios(view)
+    if g.empty:
+        return []
+    k = cfg.sustained_checks
+    acts = {view.layer(n).get("activation") for n in view.forward_order}
+    fixes = [
+        "Initialise with He (std sqrt(2/fan_in)) for ReLU layers or Xavier (std 1/sqrt(fan_in)) for tanh "
+        "layers instead of a small fixed scale.",
+        "Add BatchNorm (or LayerNorm) layers.",
+        "Add residual (skip) connections so gradients reach the early layers directly.",
+    ]
+    squashing = acts & {"sigmoid", "tanh", "hardtanh", "softsign"}
+    relu = (
+        "Use ReLU (or GELU) instead of sigmoid/tanh in hidden layers: their derivative is at most 0.25 (sigmoid) "
+        "or 1 (tanh) and ~0 when saturated."
+    )
+    if squashing:
+        fixes.insert(0, relu)
+    if not ratio.empty:
+        first_abs = pd.Series({s: float(g.loc[s, pairs[s][0]]) for s in ratio.index}, dtype=float)
+        start = sustained_since((ratio < cfg.vanish_ratio) & (first_abs < cfg.vanish_abs), k)
+        if start is not None:
+            last = int(ratio.index[-1])
+            first_w, last_w = pairs[last]
+            value = float(ratio.iloc[-1])
+            return [
+                Diagnosis(
+                    code="vanishing_gradients",
+                    severity="warning",
+                    step=start,
+                    layer=first_w,
+                    message=(
+                        f"The gradient of {first_w} ({float(first_abs.iloc[-1]):.2g}) is {1 / value:.2g}x smaller "
+                        f"than that of {last_w}: gradients vanish on their way back to the input."
+                    ),
+                    evidence={
+                        "grad_norm_first": float(first_abs.iloc[-1]),
+                        "grad_norm_last": float(g.loc[last, last_w]),
+                        "ratio": value,
+                    },
+                    suggestions=fixes,
+                )
+            ]
+    last_row = g.iloc[-1]
+    weights = [w for w in weight_params(view) if w in g.columns and float(last_row[w]) > 0]
+    if not weights:
+        return []  # no gradient at all reaches them: weights_not_updating
+    first_w = weights[0]
+    loss = view.series("loss").dropna()
+    if len(loss) and float(loss.iloc[-1]) < cfg.converged_loss:
+        return []  # a converged loss has small gradients
+    numel = float(view.param(first_w).get("numel") or 0)
+    if numel <= 0:
+        return []
+    rms = g[first_w].dropna() / math.sqrt(numel)
+    upd = view.matrix("update_ratio")
+    tiny = (rms < cfg.vanish_rms) & (rms > 0)
+    if not upd.empty and first_w in upd.columns:
+        moved = upd[first_w].reindex(rms.index)
+        tiny &= ~(moved >= cfg.vanish_update)  # NaN (not recorded) does not veto
+    start = sustained_since(tiny, k)
+    if start is None:
+        return []
+    value = float(rms.iloc[-1])
+    evidence = {"grad_rms_first": value}
+    if not upd.empty and first_w in upd.columns and math.isfinite(float(upd[first_w].iloc[-1])):
+        evidence["update_ratio_first"] = float(upd[first_w].iloc[-1])
+    fixes.sort(key=lambda f: not f.startswith("Initialise"))
+    return [
+        Diagnosis(
+            code="vanishing_gradients",
+            severity="warning",
+            step=start,
+            layer=first_w,
+            message=f"Gradients have vanished: the RMS gradient of {first_w} is {value:.2g}; its weights barely move.",
+            evidence=evidence,
+            suggestions=fixes,
+        )
+    ]

@@ -1,1 +1,72 @@
-"""Rules: inputs (filled in by the advisors work)."""
+"""Input rules: a model input far from zero mean and unit scale.
+
+Example:
+    >>> import pandas as pd
+    >>> from nndiag.rules.config import AdvisorConfig
+    >>> from nndiag.rules.inputs import input_not_normalized
+    >>> from nndiag.rules.view import RunView
+    >>> rows = [(s, "input", st, v) for s in range(3) for st, v in (("act_mean", 120.0), ("act_std", 70.0))]
+    >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
+    >>> [(d.code, d.layer, d.step) for d in input_not_normalized(RunView(h), AdvisorConfig())]
+    [('input_not_normalized', 'input', 0)]
+"""
+
+from __future__ import annotations
+
+import math
+
+from nndiag.diagnosis import Diagnosis
+from nndiag.rules.activations import sustained_since
+from nndiag.rules.config import AdvisorConfig
+from nndiag.rules.registry import rule
+from nndiag.rules.view import RunView
+
+
+@rule("input_not_normalized", requires=("act_mean", "act_std"))
+def input_not_normalized(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+    """The model input (layer ``input``) far from zero mean / unit scale at ``sustained_checks`` logging steps.
+
+    ``|mean| > input_mean_abs``, ``std > input_std_max`` or ``std < input_std_min``. Integer inputs
+    (token ids) are not recorded and never judged.
+    """
+    mean = view.series("act_mean", "input").dropna()
+    std = view.series("act_std", "input").dropna()
+    if mean.empty or std.empty:
+        return []
+    mean, std = mean.align(std, join="inner")
+    bad = (mean.abs() > cfg.input_mean_abs) | (std > cfg.input_std_max) | (std < cfg.input_std_min)
+    start = sustained_since(bad, cfg.sustained_checks)
+    if start is None:
+        return []
+    # typical over the run of bad checks: the median resists one odd batch
+    mu = float(mean[mean.index >= start].median())
+    sd = float(std[std.index >= start].median())
+    pixels = 20.0 <= mu <= 255.0 and 10.0 <= sd <= 128.0
+    if pixels:
+        what = "looks like raw 0-255 pixel values"
+    elif sd < cfg.input_std_min:
+        what = "is almost constant"
+    else:
+        what = "is not standardised"
+    suggestions = [
+        "Standardise the inputs with training-set statistics: x = (x - mean) / std per feature or channel, "
+        "and apply the same transform to validation and test data.",
+        "Check the preprocessing pipeline: the normalisation step may be missing or applied twice.",
+    ]
+    if pixels:
+        suggestions.insert(
+            0,
+            "Scale images to [0, 1] (divide by 255, e.g. transforms.ToTensor()) and normalise per channel "
+            "(transforms.Normalize(mean, std)).",
+        )
+    return [
+        Diagnosis(
+            code="input_not_normalized",
+            severity="warning",
+            step=start,
+            layer="input",
+            message=f"The model input has mean {mu:.3g} and std {sd:.3g}: it {what}.",
+            evidence={"input_mean": mu, "input_std": sd, "input_rms": math.hypot(mu, sd)},
+            suggestions=suggestions,
+        )
+    ]
