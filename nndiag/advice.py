@@ -9,6 +9,8 @@ Example:
     >>> import pandas as pd
     >>> from nndiag.advice import AdvisorLoop
     >>> loop = AdvisorLoop(min_interval=0.0, log=False)
+    >>> loop.due()
+    True
     >>> h = pd.DataFrame({"step": [0, 1], "layer": ["", ""], "stat": ["loss"] * 2, "value": [2.3, float("nan")]})
     >>> [d.code for d in loop.run(h, {})]
     ['nonfinite_loss']
@@ -50,7 +52,7 @@ class AdvisorLoop:
         self.extra_facts = extra_facts or {}
         self.log = log
         self.every_packets = every_packets
-        self._last = float("-inf")
+        self._last = time.monotonic()  # the first check waits for some history (or a NaN loss)
         self._cost = 0.0
         self._packets = 0
         self._logged: set[tuple[str, str | None]] = set()

@@ -88,6 +88,9 @@ def test_demo_command_runs_and_points_at_the_fault(tmp_path):
     assert dead.iloc[0] > 0.5  # the injected fault is visible in the recording
     healthy = h[(h.stat == "dead_frac") & (h.layer == "net.3")].value
     assert healthy.iloc[0] < dead.iloc[0]
+    # ... and the advisors name it, on the right layer
+    assert "[warning] dead_units at step 0 (net.1)" in out
+    assert "try first:" in out
 
 
 @pytest.fixture(scope="module")
