@@ -99,7 +99,8 @@ class AdvisorLoop:
         diags = by_severity(self.diagnoses)
         if not diags:
             return f"nndiag: no problems found in {steps} optimizer steps."
-        lines = [f"nndiag: {len(diags)} diagnoses in {steps} optimizer steps:"]
+        noun = "diagnosis" if len(diags) == 1 else "diagnoses"
+        lines = [f"nndiag: {len(diags)} {noun} in {steps} optimizer steps:"]
         for d in diags:
             span = f"steps {d.step}-{d.last_step}" if d.last_step not in (None, d.step) else f"step {d.step}"
             state = " (resolved)" if d.resolved else ""

@@ -99,7 +99,7 @@ def _show(run_dir: str, as_json: bool) -> int:
         print(render_text(summary, ACTIVATION_STATS))
         print("\nParameters (first -> last logging step):")
         print(render_text(summary, PARAMETER_STATS))
-    print(f"\n{len(run.diagnoses)} diagnoses")
+    print(f"\n{len(run.diagnoses)} {'diagnosis' if len(run.diagnoses) == 1 else 'diagnoses'}")
     for d in run.diagnoses:
         print(f"  [{d.severity}] {d.code} at step {d.step} ({d.layer or 'run'}): {d.message}")
     return EXIT_OK
@@ -118,7 +118,7 @@ def _diagnose(run_dir: str, config: str | None, num_classes: int | None, as_json
     if as_json:
         print(json.dumps(_clean({"run": str(run.path), "diagnoses": [d.to_dict() for d in diagnoses]}), indent=2))
     else:
-        print(f"{run.path}: {len(diagnoses)} diagnoses")
+        print(f"{run.path}: {len(diagnoses)} {'diagnosis' if len(diagnoses) == 1 else 'diagnoses'}")
         for d in diagnoses:
             state = " (resolved)" if d.resolved else ""
             print(f"  [{d.severity}] {d.code}{f' [{d.layer}]' if d.layer else ''} at step {d.step}{state}: {d.message}")

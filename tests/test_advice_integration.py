@@ -82,7 +82,7 @@ def test_monitor_should_stop_and_summary(tmp_path, caplog):
     assert mon.should_stop
     assert steps < 320
     assert "nonfinite_loss" in (mon.stop_reason or "")
-    summary = [r.message for r in caplog.records if "diagnoses in" in r.message]
+    summary = [r.message for r in caplog.records if " optimizer steps:" in r.message]
     assert summary, [r.message for r in caplog.records]
     assert "ERROR" in summary[-1] and "nonfinite_loss" in summary[-1] and "try first:" in summary[-1]
 
