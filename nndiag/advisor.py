@@ -174,7 +174,3 @@ class Advisor:
             self.check(RunView(history[history.step <= step], facts))
         self.check(RunView(history, facts))
         return by_severity(self.diagnoses)
-
-    def active(self) -> list[Diagnosis]:
-        """Open diagnoses, most severe first."""
-        return by_severity(d for d in self.diagnoses if not d.resolved)

@@ -106,7 +106,7 @@ def _show(run_dir: str, as_json: bool) -> int:
 
 
 def _diagnose(run_dir: str, config: str | None, num_classes: int | None, as_json: bool, fail_on: str | None) -> int:
-    from nndiag.advisor import Advisor
+    from nndiag.advisor import SEVERITY_ORDER, Advisor
     from nndiag.rules.config import AdvisorConfig
 
     run = load_run(run_dir)
@@ -124,10 +124,9 @@ def _diagnose(run_dir: str, config: str | None, num_classes: int | None, as_json
             print(f"  [{d.severity}] {d.code}{f' [{d.layer}]' if d.layer else ''} at step {d.step}{state}: {d.message}")
             for fix in d.suggestions:
                 print(f"      - {fix}")
-    if fail_on is not None:
-        worst = {"info": 2, "warning": 1, "error": 0}
-        if any(worst[d.severity] <= worst[fail_on] for d in diagnoses if not d.resolved):
-            return EXIT_PROBLEMS
+    open_levels = [SEVERITY_ORDER[d.severity] for d in diagnoses if not d.resolved]
+    if fail_on is not None and any(level <= SEVERITY_ORDER[fail_on] for level in open_levels):
+        return EXIT_PROBLEMS
     return EXIT_OK
 
 

@@ -149,6 +149,10 @@ class Session:
         """See :meth:`Recorder.end_batch`."""
         self.recorder.end_batch(loss)
 
+    def halting(self, codes: tuple[str, ...]) -> Diagnosis | None:
+        """The first open diagnosis whose code is in ``codes`` (``halt_on``), else ``None``."""
+        return next((d for d in self.diagnoses if d.code in codes and not d.resolved), None)
+
     def record(self, stat: str, value: float, layer: str = "") -> None:
         """Record a host-side value (e.g. ``val_loss``) at the current optimizer step."""
         if not self.closed:

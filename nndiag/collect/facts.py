@@ -240,13 +240,6 @@ def recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def first_float_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
-    """The first floating-point tensor inside a (nested) tuple, list, dict or dataclass."""
-    for t in float_tensors(obj, depth):
-        return t
-    return None
-
-
 def float_tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
     """All floating-point tensors in a (nested) output: tensor, tuple, list, dict, dataclass, PackedSequence."""
     if depth > 4 or obj is None:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from nndiag.stats.activations import as_float
 from nndiag.stats.params import norms
 
 
@@ -96,7 +97,7 @@ class ParamCollector:
                     or any(b.shape != p.shape or b.dtype != p.dtype for b, p in zip(buf, live, strict=True))
                 ):
                     buf = [torch.empty_like(p) for p in live]
-                self.before_norms = list(torch._foreach_norm([_f32(p) for p in live]))  # cache-hot with the copy
+                self.before_norms = list(torch._foreach_norm([as_float(p) for p in live]))  # cache-hot with the copy
                 torch._foreach_copy_(buf, live)
                 self._buffer = buf
                 self.before = buf
@@ -132,7 +133,7 @@ class ParamCollector:
         with torch.no_grad():
             if self.before is None:
                 keys += [(n, "weight_norm") for n in names]
-                values += torch._foreach_norm([_f32(p.detach()) for _, p in self.named])
+                values += torch._foreach_norm([as_float(p.detach()) for _, p in self.named])
             else:
                 live = [p.detach() for _, p in self.named]
                 # sample indices are keyed by the parameter itself (a detached view is a new object each call)
@@ -143,18 +144,14 @@ class ParamCollector:
                 )
                 before = self.before if self.mode == "exact" else live
                 keys += [(n, "_wb") for n in names]
-                values += self.before_norms or torch._foreach_norm([_f32(b) for b in before])
+                values += self.before_norms or torch._foreach_norm([as_float(b) for b in before])
                 if self.mode == "sampled":  # the ratio is estimated on the sampled elements
                     keys += [(n, "_wbs") for n in names]
-                    values += torch._foreach_norm([_f32(b) for b in self.before])
+                    values += torch._foreach_norm([as_float(b) for b in self.before])
                 keys += [(n, "_delta") for n in names]  # keys and values in the same order
                 values += [_distance(a, b) for a, b in zip(after, self.before, strict=True)]
         self.reset()
         return keys, values
-
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,6 @@ class Recorder:
         self.acts = ActivationCollector(model, self.guard, self.config.histograms, self.config.histogram_bins)
         self.params = ParamCollector(model, self.config.update_ratio, self.config.update_ratio_samples)
         self.step = start_step
-        self.skipped_steps = 0
         self._handles: list[Any] = []
         self._hooked_optimizers = 0
         self._logging = False
@@ -167,7 +166,6 @@ class Recorder:
         stepped = self._stepped or self._hooked_optimizers == 0
         if not stepped:
             if self._grads_captured:  # gradients were final but the step was skipped (AMP overflow)
-                self.skipped_steps += 1
                 self.params.reset()
                 self._grads_captured = False
                 # the skipped batches belong to no step: drop their loss and activations
@@ -221,7 +219,7 @@ class Recorder:
     def _flush_losses(self) -> None:
         if self._pending_losses:
             losses, steps = self._take_losses()
-            self._send(Packet.build(self.step, losses, steps))
+            self.submit(Packet.build(self.step, losses, steps))
 
     def _take_losses(self) -> tuple[torch.Tensor | None, list[int]]:
         if not self._pending_losses:
@@ -259,15 +257,12 @@ class Recorder:
         packet = Packet.build(
             self.step, losses, loss_steps, keys, scalars, extras, hist_keys, hists, self.config.histogram_bins
         )
-        self._send(packet)
+        self.submit(packet)
         if not self._facts_sent:
             self._facts_sent = True
             facts = self.guard.run("model facts", self.facts)
             if facts is not None:
-                self._send(("facts", facts))
-
-    def _send(self, item: Any) -> None:
-        self.submit(item)
+                self.submit(("facts", facts))
 
     # -- model facts -----------------------------------------------------------------
     def facts(self) -> dict[str, Any]:

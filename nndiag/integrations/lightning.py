@@ -210,7 +210,7 @@ class _DiagnosticsCallbackImpl:
 
     def _maybe_halt(self, trainer: Any) -> None:
         assert self.session is not None
-        hit = next((d for d in self.session.diagnoses if d.code in self.halt_on and not d.resolved), None)
+        hit = self.session.halting(self.halt_on)
         if hit is not None:
             self.stop_reason = f"nndiag stopped training: {hit.code} at step {hit.step}: {hit.message}"
             get_logger().error(self.stop_reason)

@@ -147,9 +147,7 @@ class Monitor:
     @property
     def stop_reason(self) -> str | None:
         """Why ``should_stop`` is True (the first ``halt_on`` diagnosis), else ``None``."""
-        if not self.halt_on:
-            return None
-        hit = next((d for d in self.session.diagnoses if d.code in self.halt_on and not d.resolved), None)
+        hit = self.session.halting(self.halt_on) if self.halt_on else None
         return None if hit is None else f"nndiag: {hit.code} at step {hit.step}: {hit.message}"
 
     @property

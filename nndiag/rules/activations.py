@@ -110,10 +110,9 @@ def nonfinite_activations(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
             )
         )
     layers = [c for c in bad.columns if c != "input" and bad[c].any()]
-    if layers:
-        first_step = min(int(bad.index[bad[c].to_numpy()][0]) for c in layers)
-        at_first = [c for c in layers if bool(bad.loc[first_step, c])]
-        layer = view.ordered(at_first)[0]
+    first = view.first_nonfinite(layers) if layers else None
+    if first is not None:
+        layer, first_step = first
         count = float(m.loc[first_step, layer])
         out.append(
             Diagnosis(

@@ -41,7 +41,7 @@ def nonfinite_loss(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     first = int(bad.index[0])
     evidence: dict[str, float] = {"first_step": first, "nonfinite_steps": float(len(bad))}
     where = ""
-    source = _first_nonfinite_layer(view, upto=first)
+    source = view.first_nonfinite(upto=first)
     if source is not None:
         layer, step = source
         evidence["first_nonfinite_layer_step"] = step
@@ -68,20 +68,6 @@ def nonfinite_loss(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
 
 def _kind(value: float) -> str:
     return "NaN" if math.isnan(value) else "infinite"
-
-
-def _first_nonfinite_layer(view: RunView, upto: int) -> tuple[str, int] | None:
-    """(layer, step) of the earliest recorded non-finite activation, first in forward order."""
-    m = view.matrix("nonfinite")
-    if m.empty:
-        return None
-    bad = m[m.index <= upto].fillna(0) > 0
-    rows = bad.any(axis=1)
-    if not rows.any():
-        return None
-    step = int(rows.index[rows.to_numpy()][0])
-    layers = [str(c) for c in bad.columns[bad.loc[step].to_numpy()]]
-    return view.ordered(layers)[0], step
 
 
 # -- shared loss-curve analysis (also used by nndiag.rules.lr) -----------------------------------------

@@ -86,9 +86,24 @@ class RunView:
         """Facts of one parameter (empty dict when unknown)."""
         return dict((self.facts.get("params") or {}).get(name, {}))
 
-    def layers_of_kind(self, *kinds: str) -> list[str]:
-        """Modules of the given kinds in forward order."""
-        return [n for n in self.forward_order if self.layer(n).get("kind") in kinds]
+    def first_nonfinite(self, layers: list[str] | None = None, upto: int | None = None) -> tuple[str, int] | None:
+        """``(layer, step)`` where NaN/Inf first appeared: the earliest step, then forward order.
+
+        Only ``layers`` (default: every recorded module and the input) and steps ``<= upto`` count.
+        """
+        m = self.matrix("nonfinite")
+        if m.empty:
+            return None
+        if layers is not None:
+            m = m[[c for c in m.columns if c in layers]]
+        if upto is not None:
+            m = m[m.index <= upto]
+        bad = m.fillna(0) > 0
+        rows = bad.any(axis=1)
+        if not rows.any():
+            return None
+        step = int(rows.index[rows.to_numpy()][0])
+        return self.ordered([str(c) for c in bad.columns[bad.loc[step].to_numpy()]])[0], step
 
     def num_classes(self) -> int | None:
         """Classes of a softmax classifier, or ``None``.

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from nndiag.stats.activations import as_float
+
 
 def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """L2 norm of each tensor, stacked into one fp32 tensor on the first tensor's device.
@@ -29,7 +31,7 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         by_device.setdefault(t.device, []).append(i)
     out = torch.empty(len(tensors), device=device, dtype=torch.float32)
     for idx in by_device.values():
-        group = [tensors[i] if tensors[i].dtype in (torch.float32, torch.float64) else tensors[i].float() for i in idx]
+        group = [as_float(tensors[i]) for i in idx]
         vals = torch.stack([v.float() for v in torch._foreach_norm(group)])
         out[torch.tensor(idx, device=device)] = vals.to(device, non_blocking=True)
     return out
