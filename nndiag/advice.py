@@ -89,9 +89,7 @@ class AdvisorLoop:
                 key = (d.code, d.layer)
                 if not d.resolved and key not in self._logged:
                     self._logged.add(key)
-                    where = f" [{d.layer}]" if d.layer else ""
-                    text = f"nndiag {d.severity}: {d.code}{where} at step {d.step}: {d.message}"
-                    get_logger().log(_LEVEL[d.severity], text)
+                    get_logger().log(_LEVEL[d.severity], f"nndiag {d.severity}: {d.headline()}: {d.message}")
         return changed
 
     def summary(self, steps: int) -> str:
@@ -102,10 +100,7 @@ class AdvisorLoop:
         noun = "diagnosis" if len(diags) == 1 else "diagnoses"
         lines = [f"nndiag: {len(diags)} {noun} in {steps} optimizer steps:"]
         for d in diags:
-            span = f"steps {d.step}-{d.last_step}" if d.last_step not in (None, d.step) else f"step {d.step}"
-            state = " (resolved)" if d.resolved else ""
-            where = f" [{d.layer}]" if d.layer else ""
-            lines.append(f"  {d.severity.upper():7} {d.code}{where}, {span}{state}: {d.message}")
+            lines.append(f"  {d.severity.upper():7} {d.headline()}: {d.message}")
             if d.suggestions:
                 lines.append(f"          try first: {d.suggestions[0]}")
         return "\n".join(lines)

@@ -82,6 +82,28 @@ class Diagnosis:
         if self.severity not in SEVERITIES:
             raise ValueError(f"Diagnosis severity must be one of {SEVERITIES}, got {self.severity!r}.")
 
+    def headline(self) -> str:
+        """Code, layer, steps and state in one phrase: the prefix of every one-line rendering.
+
+        Example:
+            >>> Diagnosis("dead_units", "warning", 3, "fc1", "...", last_step=40, resolved=True).headline()
+            'dead_units [fc1] at steps 3-40 (resolved)'
+            >>> Diagnosis("nonfinite_loss", "error", 7, None, "...").headline()
+            'nonfinite_loss at step 7'
+        """
+        where = f" [{self.layer}]" if self.layer else ""
+        span = f"steps {self.step}-{self.last_step}" if self.last_step not in (None, self.step) else f"step {self.step}"
+        return f"{self.code}{where} at {span}{' (resolved)' if self.resolved else ''}"
+
+    def one_line(self) -> str:
+        """``[severity] headline: message``, as the CLI and the demo print it.
+
+        Example:
+            >>> Diagnosis("nonfinite_loss", "error", 7, None, "The loss became NaN.").one_line()
+            '[error] nonfinite_loss at step 7: The loss became NaN.'
+        """
+        return f"[{self.severity}] {self.headline()}: {self.message}"
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of all fields."""
         return asdict(self)

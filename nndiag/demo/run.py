@@ -105,8 +105,7 @@ def render_report(log_dir: str | None, overview: dict[str, Any], summary: pd.Dat
     if diagnoses:
         lines.append("Diagnoses (most severe first):")
         for d in by_severity(diagnoses):
-            state = " (resolved)" if d.resolved else ""
-            lines.append(f"  [{d.severity}] {d.code} at step {d.step} ({d.layer or 'run'}){state}: {d.message}")
+            lines.append(f"  {d.one_line()}")
             if d.suggestions:
                 lines.append(f"      try first: {d.suggestions[0]}")
     else:
