@@ -36,7 +36,7 @@ from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
-from nndiag.integrations.options import build_config
+from nndiag.integrations.options import build_config, clean_hparams
 from nndiag.log import get_logger
 from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
@@ -164,6 +164,7 @@ class _DiagnosticsCallbackImpl:
             "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", None),
             "precision": str(getattr(trainer, "precision", "")),
             "world_size": getattr(trainer, "world_size", 1),
+            "hparams": clean_hparams(getattr(pl_module, "hparams", None)),
         }
         self.session = Session(
             pl_module,

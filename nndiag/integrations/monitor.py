@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from torch import nn
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
-from nndiag.integrations.options import build_config
+from nndiag.integrations.options import build_config, clean_hparams
 from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
 
@@ -68,6 +68,8 @@ class Monitor:
         config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields.
         diagnose, advisor_config, num_classes, halt_on: as for :class:`~nndiag.DiagnosticsCallback`;
             with ``halt_on``, check ``mon.should_stop`` in the loop.
+        hparams: the run's hyperparameters (``{"lr": 3e-4, "batch_size": 64}``), kept in the run
+            store (``load_run(...).meta["hparams"]``) for ``nndiag sweep`` and the report.
 
     """
 
@@ -83,6 +85,7 @@ class Monitor:
         advisor_config: AdvisorConfigLike = None,
         num_classes: int | None = None,
         halt_on: Iterable[str] | str = (),
+        hparams: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -102,7 +105,13 @@ class Monitor:
         self.halt_on = halt_codes(halt_on)
         run_dir = next_version_dir(log_dir) if log_dir is not None else None
         self.session = Session(
-            model, optimizers, run_dir, config=cfg, schedule=schedule, meta={"framework": "torch"}, advice=advice
+            model,
+            optimizers,
+            run_dir,
+            config=cfg,
+            schedule=schedule,
+            meta={"framework": "torch", "hparams": clean_hparams(hparams)},
+            advice=advice,
         )
         self.session.begin_batch()
 
