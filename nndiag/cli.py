@@ -33,7 +33,7 @@ from nndiag.store.reader import CorruptRunError, RunNotFoundError
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_PROBLEMS", "entry", "main"]
 
 # sub-command modules under nndiag.commands, in the order `nndiag --help` lists them
-COMMANDS = ("demo", "show", "diagnose", "preflight", "sweep")
+COMMANDS = ("demo", "show", "diagnose", "report", "preflight", "sweep")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,67 @@
+"""Layer and parameter ordering (forward order) and the layer x step matrices of the heatmaps.
+
+Example:
+    >>> import pandas as pd
+    >>> h = pd.DataFrame({"step": [0, 0, 5, 5], "layer": ["b", "a", "b", "a"],
+    ...                   "stat": ["act_std"] * 4, "value": [1.0, 2.0, 3.0, 4.0]})
+    >>> m = stat_matrix(h, "act_std", {"forward_order": ["a", "b"]})
+    >>> m.names, m.steps.tolist(), m.values.tolist()
+    (['a', 'b'], [0, 5], [[2.0, 4.0], [1.0, 3.0]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def forward_sorted(names: Iterable[str], facts: dict[str, Any] | None) -> list[str]:
+    """``names`` in forward order: ``input`` first, layers as executed, parameters after their layer."""
+    order = (facts or {}).get("forward_order") or []
+    rank = {name: i for i, name in enumerate(["input", *order])}
+
+    def key(name: str) -> tuple[float, str]:
+        if name in rank:
+            return (rank[name], name)
+        owner = name.rsplit(".", 1)[0]
+        return (rank[owner] + 0.5 if owner in rank else len(rank) + 1.0, name)
+
+    return sorted(set(names), key=key)
+
+
+@dataclass(frozen=True)
+class StatMatrix:
+    """One statistic as a matrix: ``values[i, j]`` is layer ``names[i]`` at logging step ``steps[j]``."""
+
+    stat: str
+    names: list[str]
+    steps: np.ndarray
+    values: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return self.values.size == 0
+
+
+def stat_matrix(history: pd.DataFrame, stat: str, facts: dict[str, Any] | None = None) -> StatMatrix:
+    """Pivot one per-layer statistic into a layer x step matrix (NaN where not recorded)."""
+    h = history[(history.stat == stat) & (history.layer != "")]
+    if h.empty:
+        return StatMatrix(stat, [], np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
+    table = h.pivot_table(index="layer", columns="step", values="value", aggfunc="last", dropna=False)
+    names = forward_sorted(table.index, facts)
+    table = table.loc[names]
+    return StatMatrix(stat, names, table.columns.to_numpy(dtype=np.int64), table.to_numpy(dtype=np.float64))
+
+
+def weight_params(names: list[str], facts: dict[str, Any] | None) -> list[str]:
+    """The weight matrices/kernels among parameter names (ndim >= 2 when shapes are known)."""
+    params = (facts or {}).get("params") or {}
+    shaped = [n for n in names if len(params.get(n, {}).get("shape") or []) >= 2]
+    if shaped:
+        return shaped
+    return [n for n in names if n.endswith("weight")] or names

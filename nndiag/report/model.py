@@ -1,0 +1,135 @@
+"""Everything one report shows, computed once from a stored run: :func:`build_report`.
+
+The HTML, Markdown and JSON renderings all read a :class:`RunReport`, so they always agree.
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> from nndiag.rows import Rows
+    >>> from nndiag.store.writer import RunStore
+    >>> d = tempfile.mkdtemp()
+    >>> store = RunStore(d)
+    >>> store.write_rows(Rows(np.array([0, 1]), ["", ""], ["loss", "loss"], np.array([2.3, 2.1])))
+    >>> store.close()
+    >>> r = build_report(d)
+    >>> r.verdict.state, r.overview["optimizer_steps"], r.overview["loss_last"]
+    ('healthy', 2, 2.1)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nndiag.advisor import by_severity
+from nndiag.diagnosis import Diagnosis
+from nndiag.report.layers import StatMatrix, forward_sorted, stat_matrix
+from nndiag.report.verdict import Verdict, verdict
+from nndiag.store.reader import load_run
+from nndiag.summary import KEY_STATS, layer_summary
+
+# heatmaps have at most this many columns: more than a screen's width of pixels is not more information
+MAX_REPORT_STEPS = 400
+HEATMAP_STATS = ("act_std", "dead_frac", "sat_frac", "update_ratio")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """One run, ready to render.
+
+    Attributes:
+        path: the run's log directory.
+        name: a short display name (the last two path components).
+        meta: status, versions, framework, hyperparameters (``meta["hparams"]``).
+        facts: model facts recorded with the run.
+        verdict: healthy / problems found.
+        diagnoses: most severe and root causes first (see :func:`nndiag.advisor.by_severity`).
+        overview: step counts and loss figures.
+        layers: per-layer summary (first/last value of the key statistics), forward order.
+        history: the recorded history, per-layer series thinned to ``MAX_REPORT_STEPS`` steps.
+
+    """
+
+    path: Path
+    name: str
+    meta: dict[str, Any]
+    facts: dict[str, Any]
+    verdict: Verdict
+    diagnoses: list[Diagnosis]
+    overview: dict[str, Any]
+    layers: pd.DataFrame
+    history: pd.DataFrame = field(repr=False)
+
+    def series(self, stat: str) -> pd.Series:
+        """A run-wide series (``loss``, ``val_loss``, ...) indexed by step, NaN kept."""
+        h = self.history[(self.history.stat == stat) & (self.history.layer == "")]
+        return h.groupby("step")["value"].last()
+
+    def matrix(self, stat: str) -> StatMatrix:
+        """A per-layer statistic as a layer x step matrix, forward order."""
+        return stat_matrix(self.history, stat, self.facts)
+
+    def layer_kind(self, name: str) -> str:
+        """``Linear``, ``ReLU``, ... for a layer; the owning layer's for a parameter; ``""`` if unknown."""
+        layers = self.facts.get("layers") or {}
+        info = layers.get(name) or layers.get(name.rsplit(".", 1)[0]) or {}
+        return str(info.get("module_type") or ("model input" if name == "input" else ""))
+
+
+def build_report(path: str | Path, max_steps: int = MAX_REPORT_STEPS) -> RunReport:
+    """Load a run (finished or killed mid-way) and compute what its report shows.
+
+    Raises:
+        RunNotFoundError: no run at ``path``.
+        CorruptRunError: the store cannot be read.
+
+    """
+    loaded = load_run(path, max_steps=max_steps)
+    history = loaded.history
+    run_dir = loaded.path.parent if loaded.path is not None else Path(path)
+    status = str(loaded.meta.get("status", "unknown"))
+    overview = _overview(history)
+    diagnoses = by_severity(loaded.diagnoses)
+    summary = layer_summary(history, loaded.facts, KEY_STATS)
+    if not summary.empty:
+        summary = summary.loc[forward_sorted(summary.index, loaded.facts)]
+    return RunReport(
+        path=run_dir,
+        name="/".join(run_dir.parts[-2:]),
+        meta=loaded.meta,
+        facts=loaded.facts,
+        verdict=verdict(diagnoses, status, overview["optimizer_steps"]),
+        diagnoses=diagnoses,
+        overview=overview,
+        layers=summary,
+        history=history,
+    )
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _overview(history: pd.DataFrame) -> dict[str, Any]:
+    run_wide = history[history.layer == ""]
+    loss = run_wide[run_wide.stat == "loss"].sort_values("step", kind="stable").value.to_numpy()
+    val = run_wide[run_wide.stat == "val_loss"].value.to_numpy()
+    finite = loss[np.isfinite(loss)]
+    nonfinite = run_wide[(run_wide.stat == "loss") & ~np.isfinite(run_wide.value)]
+    per_layer = history[history.layer != ""]
+    return {
+        "optimizer_steps": int(history.step.max()) + 1 if len(history) else 0,
+        "logging_steps": int(run_wide[run_wide.stat == "grad_norm_total"].step.nunique()),
+        "layers": int(per_layer[(per_layer.stat == "act_std") & (per_layer.layer != "input")].layer.nunique()),
+        "parameters": int(per_layer[per_layer.stat == "grad_norm"].layer.nunique()),
+        "loss_first": _finite(loss[0]) if len(loss) else None,
+        "loss_last": _finite(loss[-1]) if len(loss) else None,
+        "loss_min": float(finite.min()) if len(finite) else None,
+        "first_nonfinite_loss_step": int(nonfinite.step.min()) if len(nonfinite) else None,
+        "val_loss_last": _finite(val[-1]) if len(val) else None,
+        "val_loss_min": float(np.nanmin(val)) if len(val) and np.isfinite(val).any() else None,
+    }
