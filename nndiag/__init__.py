@@ -13,6 +13,7 @@ from nndiag._version import __version__
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.monitor import Monitor
+from nndiag.preflight import PreflightReport, preflight
 from nndiag.rules.config import AdvisorConfig
 from nndiag.store.reader import CorruptRunError, LoadedRun, RunNotFoundError, load_run
 
@@ -23,10 +24,12 @@ __all__ = [
     "DiagnosticsCallback",
     "LoadedRun",
     "Monitor",
+    "PreflightReport",
     "RecorderConfig",
     "RunNotFoundError",
     "__version__",
     "load_run",
+    "preflight",
 ]
 
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -54,6 +55,16 @@ class RecorderConfig:
     memory_rows: int = 5_000_000  # ~5M rows (~120 MB) of history kept in memory
     tensorboard: bool = True  # write TensorBoard scalars/text
     store: bool = True  # write the SQLite run store
+    # write nndiag-report.{html,md,json} into the run directory when the run ends (needs the store);
+    # None = yes, unless the environment sets NNDIAG_REPORT=0 (e.g. in a test suite)
+    report: bool | None = None
+
+    @property
+    def wants_report(self) -> bool:
+        """Whether to write the post-run report (``report``, else the ``NNDIAG_REPORT`` environment variable)."""
+        if self.report is not None:
+            return self.report
+        return os.environ.get("NNDIAG_REPORT", "1").strip().lower() not in ("0", "false", "no", "off")
 
     def __post_init__(self) -> None:
         modes = get_args(UpdateRatioMode)

@@ -201,6 +201,15 @@ class Session:
             logger.log(logging.WARNING if problems else logging.INFO, self.advice.summary(self.recorder.step))
         if self.log_dir is not None and self.pipeline.store is not None:
             logger.info("nndiag: run store %s (nndiag show %s)", self.pipeline.store.path, self.log_dir)
+            if self.config.wants_report:
+                self.guard.run("post-run report", self._write_report, self.log_dir)
+
+    @staticmethod
+    def _write_report(log_dir: Path) -> None:
+        from nndiag.report.write import write_report
+
+        paths = write_report(log_dir)
+        get_logger().info("nndiag: report %s", paths["html"])
 
 
 def _close_at_exit(ref: weakref.ref[Session]) -> Any:

@@ -64,10 +64,8 @@ def model_device(model: nn.Module) -> torch.device:
         >>> model_device(torch.nn.Linear(2, 2)).type
         'cpu'
     """
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
     return torch.device("cpu")
 
 

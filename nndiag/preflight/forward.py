@@ -106,8 +106,9 @@ def build_table(history: pd.DataFrame, facts: dict[str, Any]) -> pd.DataFrame:
     Example:
         >>> h = pd.DataFrame({"step": [0, 0], "layer": ["fc", "fc"], "stat": ["act_mean", "act_std"],
         ...                   "value": [0.0, 0.5]})
-        >>> build_table(h, {"forward_order": ["fc"], "layers": {"fc": {"module_type": "Linear"}}}).iloc[0].tolist()
-        ['fc', 'Linear', 0.0, 0.5, nan, nan]
+        >>> print(build_table(h, {"forward_order": ["fc"], "layers": {"fc": {"module_type": "Linear"}}}).to_string())
+          layer    kind  mean  std  dead_frac  sat_frac
+        0    fc  Linear   0.0  0.5        NaN       NaN
     """
     wide = history.pivot_table(index="layer", columns="stat", values="value", aggfunc="last") if len(history) else None
     layers = facts.get("layers") or {}

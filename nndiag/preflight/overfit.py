@@ -1,4 +1,4 @@
-"""Overfit one small batch: can the model and the loss learn at all? (the lecture's second sanity check)
+"""Overfit one small batch, the lecture's second sanity check: can the model and the loss learn at all.
 
 A deep copy of the model is trained with Adam on the first ``samples`` samples of the batch,
 regularisation off (dropout probabilities set to 0 in the copy; Adam without weight decay), for
@@ -117,7 +117,7 @@ def check_overfit(
     losses: list[float] = []
     target = math.nan
     steps = 0
-    for steps in range(cfg.steps + 1):  # noqa: B007 - the final value is the number of steps taken
+    for steps in range(cfg.steps + 1):
         loss = loss_fn(net(xs), ys)
         value = loss_value(loss)
         losses.append(value)
@@ -173,14 +173,18 @@ def _message(passed: bool, losses: list[float], samples: int, target: float, sec
             f"The loss became NaN/Inf after {steps} steps while fitting {samples} samples at Adam lr {cfg.lr:g}: "
             "look for log/division of values that reach 0, or lower the learning rate."
         )
+    if steps < cfg.steps:
+        return (
+            f"The check ran out of time (max_seconds={cfg.max_seconds:g}) before fitting {samples} samples: {went}. "
+            "Raise OverfitConfig(max_seconds=...) or pass a smaller batch."
+        )
     if abs(last - first) <= 1e-6 * max(abs(first), 1e-12):
         return (
             f"The loss did not change ({first:.3g}) in {steps} steps on {samples} samples: no gradient reaches the "
             "parameters, or the output does not depend on them (frozen layers, .detach(), a dead network)."
         )
-    why = "ran out of time" if steps < cfg.steps else f"after {steps} steps"
     return (
-        f"The model cannot fit {samples} samples: {went}, still above the target {target:.3g} ({why}). Check "
+        f"The model cannot fit {samples} samples: {went}, still above the target {target:.3g}. Check "
         "that the output depends on the input (preprocessing bugs, a dead network: see dead_units), that the "
         "targets match the outputs (class indices, shapes, label order), and that the loss suits the task; "
         "a larger model or more steps (OverfitConfig(steps=...)) help if the loss is still falling."

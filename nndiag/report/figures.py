@@ -110,8 +110,8 @@ def heatmap_figure(m: StatMatrix, title: str) -> Any:
     if isinstance(cmap, str):
         import matplotlib
 
-        cmap = matplotlib.colormaps[cmap].copy()
-    cmap.set_bad("#d9d9d9")
+        cmap = matplotlib.colormaps[cmap]
+    cmap = cmap.with_extremes(bad="#d9d9d9")
     extent = (float(m.steps[0]) - 0.5, float(m.steps[-1]) + 0.5, n - 0.5, -0.5)
     image = ax.imshow(values, aspect="auto", interpolation="nearest", norm=norm, cmap=cmap, extent=extent)
     _tick_labels(ax, m.names)

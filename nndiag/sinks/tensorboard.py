@@ -8,7 +8,10 @@ Logged tags:
       sat_frac, nonfinite, grad_norm, weight_norm, update_ratio, lr);
     * ``nndiag/<stat>`` for run-wide statistics (loss, grad_norm_total);
     * ``nndiag/act_hist/<layer>`` histograms when enabled;
-    * ``nndiag/diagnoses`` Markdown table of the diagnoses.
+    * ``nndiag/diagnoses`` Markdown table of the diagnoses;
+    * ``nndiag/target/update_ratio_low`` / ``_high``: the healthy update-ratio band (1e-4, 1e-2)
+      at every logging step, for the dashboard's Margin charts;
+    * the custom-scalar dashboard layout (:mod:`nndiag.sinks.dashboard`).
 
 Example:
     >>> from nndiag.sinks.tensorboard import tag_for
@@ -25,6 +28,7 @@ import numpy as np
 
 from nndiag.diagnosis import Diagnosis
 from nndiag.rows import Rows
+from nndiag.sinks.dashboard import BAND_TAGS, UPDATE_BAND, layout, write_layout
 
 
 def tag_for(stat: str, layer: str) -> str:
@@ -67,6 +71,8 @@ class TensorBoardSink:
     def __init__(self, writer: Any, owns_writer: bool = False) -> None:
         self.writer = writer
         self.owns_writer = owns_writer
+        self._layers: dict[str, None] = {}  # shown in the dashboard layout, in first-seen order
+        self._params: dict[str, None] = {}
 
     def write_rows(self, rows: Rows) -> None:
         """One scalar per row, batched into one event per step where the writer allows it.
@@ -78,6 +84,13 @@ class TensorBoardSink:
         steps = rows.step.tolist()
         values = rows.value.tolist()
         tags = [tag_for(stat, layer) for layer, stat in zip(rows.layers, rows.stats, strict=True)]
+        ratio_steps = sorted({st for st, stat in zip(steps, rows.stats, strict=True) if stat == "update_ratio"})
+        for st in ratio_steps:  # the healthy band of the dashboard's Margin charts
+            for tag, bound in zip(BAND_TAGS, UPDATE_BAND, strict=True):
+                tags.append(tag)
+                values.append(bound)
+                steps.append(st)
+        self._update_layout(rows)
         file_writer = self._file_writer()
         if file_writer is None:
             for tag, value, step in zip(tags, values, steps, strict=True):
@@ -90,6 +103,16 @@ class TensorBoardSink:
             by_step.setdefault(step, []).append(Summary.Value(tag=tag, simple_value=value))
         for step, vals in by_step.items():
             file_writer.add_summary(Summary(value=vals), step)
+
+    def _update_layout(self, rows: Rows) -> None:
+        """Write the dashboard layout when layers or parameters appear that it does not show yet."""
+        layers = dict.fromkeys(lay for lay, st in zip(rows.layers, rows.stats, strict=True) if st == "act_std" and lay)
+        params = dict.fromkeys(lay for lay, st in zip(rows.layers, rows.stats, strict=True) if st == "update_ratio")
+        if not (layers.keys() - self._layers.keys() or params.keys() - self._params.keys()):
+            return
+        self._layers.update(layers)
+        self._params.update(params)
+        write_layout(self.writer, layout(list(self._layers), list(self._params)))
 
     def _file_writer(self) -> Any:
         get = getattr(self.writer, "_get_file_writer", None)

@@ -1,9 +1,11 @@
 """Which hyperparameters matter: the share of the objective's variation each one explains.
 
-For each hyperparameter the finished trials are grouped by its value (each distinct value when
+For each hyperparameter the trials are grouped by its value (each distinct value when
 there are few, else ``b = clamp(round(sqrt(n)), 3, 8)`` equal-count bins, in log space for log-scaled
 parameters; categories as they are), and the objective's *ranks* (robust to a few huge losses)
-are split into between-group and within-group variation. The effect size is epsilon squared,
+are split into between-group and within-group variation. Failed and pruned trials take part
+as tied worst ranks: a parameter whose high values make runs explode matters, even though those
+runs have no value. The effect size is epsilon squared,
 ``(SS_between - (g - 1) * MS_within) / SS_total`` clipped at 0: like R², but a parameter that
 has no effect scores about 0 instead of ``(g - 1) / (n - 1)``. It catches non-monotonic effects
 (an interior optimum), needs no extra packages, and gives the same numbers for Optuna studies
@@ -23,8 +25,8 @@ Example:
     ...     ts.append(Trial(i, {"lr": lr, "wd": wd}, (np.log10(lr) + 3) ** 2))
     >>> space = {"lr": Param("lr", "float", 1e-5, 1e-1, log=True), "wd": Param("wd", "float", 1e-6, 1e-2, log=True)}
     >>> eff = effects(Sweep("s", "", "minimize", "value", ts, space))
-    >>> eff["lr"] > 0.8, eff["wd"] < 0.1
-    (True, True)
+    >>> {name: round(e, 2) for name, e in eff.items()}
+    {'lr': 0.78, 'wd': 0.15}
 """
 
 from __future__ import annotations
@@ -76,13 +78,14 @@ def epsilon_squared(y: np.ndarray, ids: np.ndarray) -> float:
 
 
 def effects(sweep: Sweep) -> dict[str, float]:
-    """Epsilon squared of each hyperparameter over the finished trials (empty with < 5 of them)."""
+    """Epsilon squared of each hyperparameter (none with fewer than 5 finished trials)."""
     out = {}
+    sign = 1.0 if sweep.direction == "minimize" else -1.0
     for name, param in sweep.params.items():
-        trials = [t for t in sweep.ok_trials if t.params.get(name) is not None]
-        if len(trials) < MIN_TRIALS:
+        trials = [t for t in sweep.trials if t.state != "running" and t.params.get(name) is not None]
+        if sum(t.ok for t in trials) < MIN_TRIALS:
             continue
-        y = _ranks(np.array([float(t.value or 0.0) for t in trials]))
+        y = _ranks(np.array([sign * float(t.value) if t.ok and t.value is not None else np.inf for t in trials]))
         out[name] = epsilon_squared(y, groups(param, [t.params[name] for t in trials]))
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 

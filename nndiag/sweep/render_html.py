@@ -7,14 +7,14 @@ Example:
     >>> from nndiag.sweep.analysis import analyze
     >>> from nndiag.sweep.trials import Param, Sweep, Trial
     >>> ts = [Trial(i, {"<b>": 10 ** (-5 + 4 * i / 9)}, abs(i - 4) + 1.0) for i in range(10)]
-    >>> html = render_html(analyze(Sweep("s", "db", "minimize", "value", ts, {"<b>": Param("<b>", "float", 1e-5, 1e-1, log=True)})))
+    >>> space = {"<b>": Param("<b>", "float", 1e-5, 1e-1, log=True)}
+    >>> html = render_html(analyze(Sweep("s", "db", "minimize", "value", ts, space)))
     >>> "&lt;b&gt;" in html and "<b>" not in html and html.count("<img") == 1
     True
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from nndiag.render.figure import img_tag, new_figure
@@ -123,8 +123,3 @@ def render_html(report: SweepReport) -> str:
     if s.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in s.notes) + "</ul>")
     return page(f"nndiag sweep: {s.name}", "\n".join(parts))
-
-
-def finite(x: float | None) -> bool:
-    """Whether ``x`` is a finite number."""
-    return x is not None and math.isfinite(x)

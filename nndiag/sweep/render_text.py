@@ -4,7 +4,8 @@ Example:
     >>> from nndiag.sweep.analysis import analyze
     >>> from nndiag.sweep.trials import Param, Sweep, Trial
     >>> ts = [Trial(i, {"lr": 10 ** (-5 + 4 * i / 19)}, abs(i - 9) + 1.0) for i in range(20)]
-    >>> text = render_text(analyze(Sweep("s", "db", "minimize", "value", ts, {"lr": Param("lr", "float", 1e-5, 1e-1, log=True)})))
+    >>> space = {"lr": Param("lr", "float", 1e-5, 1e-1, log=True)}
+    >>> text = render_text(analyze(Sweep("s", "db", "minimize", "value", ts, space)))
     >>> print(text.splitlines()[1])
     20 trials: 20 complete
 """

@@ -1,7 +1,7 @@
 """How diagnoses distribute over the search space: "lr > 3e-02: 9 of 10 trials diverged".
 
 For every numeric hyperparameter and every outcome seen in at least 2 trials (an nndiag
-diagnosis code, or ``failed`` for trials that raised or returned no finite value), each threshold
+diagnosis code, ``failed`` for trials that raised or returned no finite value, ``pruned``), each threshold
 between two neighbouring sampled values splits the trials in two. A split is reported when it is
 clear: on one side at least 80% of the trials (and at least 2) have the outcome, on the other at
 most 20%, and a one-sided Fisher exact test gives p <= 0.01 (chance alone would rarely sort the
@@ -33,6 +33,7 @@ VERBS = {
     "loss_diverging": "diverged",
     "nonfinite_loss": "hit a non-finite loss",
     "failed": "failed",
+    "pruned": "were pruned",
     "lr_too_high": "had a learning rate too high (lr_too_high)",
     "lr_too_low": "had a learning rate too low (lr_too_low)",
 }
@@ -64,8 +65,8 @@ class Split:
 
 
 def outcomes(trial: Trial) -> set[str]:
-    """The outcome labels of a trial: its diagnosis codes, plus ``failed``."""
-    return set(trial.diagnoses) | ({"failed"} if trial.state == "failed" else set())
+    """The outcome labels of a trial: its diagnosis codes, plus ``failed`` or ``pruned``."""
+    return set(trial.diagnoses) | ({trial.state} if trial.state in ("failed", "pruned") else set())
 
 
 def fisher_one_sided(hits_in: int, n_in: int, hits: int, n: int) -> float:
