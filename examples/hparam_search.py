@@ -57,9 +57,13 @@ def make_objective(data, lr_range, wd_range, epochs, log_dir):
 
 def stage(name, storage, n_trials, objective, seed):
     # random search (the lecture: random beats grid); only nndiag prunes here (no median pruning)
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                sampler=optuna.samplers.RandomSampler(seed=seed),
-                                pruner=optuna.pruners.NopPruner())  # fmt: skip
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=seed),
+        pruner=optuna.pruners.NopPruner(),
+    )
     study.optimize(objective, n_trials=n_trials)
     return study
 
@@ -80,23 +84,29 @@ def main(argv: list[str] | None = None) -> dict:
     data = ((x[:768], y[:768]), (x[768:], y[768:]))
 
     # coarse: a wide log-space range, one short epoch per trial
-    coarse = stage("coarse", storage, args.coarse,
-                   make_objective(data, (1e-4, 10.0), (1e-7, 1e-1), 1, out / "coarse"), seed=0)  # fmt: skip
+    coarse = stage(
+        "coarse", storage, args.coarse, make_objective(data, (1e-4, 10.0), (1e-7, 1e-1), 1, out / "coarse"), seed=0
+    )
     report = analyze(from_study(coarse, storage))
     print(render_text(report))
     advice = {p.name: p for p in report.params}
     lr_range = (advice["lr"].next_low or 1e-4, advice["lr"].next_high or 10.0)
     wd_range = (advice["weight_decay"].next_low or 1e-7, advice["weight_decay"].next_high or 1e-1)
-    print(f"\nfine stage: lr in [{lr_range[0]:.2g}, {lr_range[1]:.2g}], weight_decay in "
-          f"[{wd_range[0]:.2g}, {wd_range[1]:.2g}], {args.epochs} epochs per trial\n")  # fmt: skip
+    print(
+        f"\nfine stage: lr in [{lr_range[0]:.2g}, {lr_range[1]:.2g}], weight_decay in "
+        f"[{wd_range[0]:.2g}, {wd_range[1]:.2g}], {args.epochs} epochs per trial\n"
+    )
 
     # fine: the suggested narrower range, longer runs
-    fine = stage("fine", storage, args.fine,
-                 make_objective(data, lr_range, wd_range, args.epochs, out / "fine"), seed=1)  # fmt: skip
+    fine = stage(
+        "fine", storage, args.fine, make_objective(data, lr_range, wd_range, args.epochs, out / "fine"), seed=1
+    )
     print(render_text(analyze(from_study(fine, storage))))
     best = fine.best_trial
-    print(f"\nbest: val_loss {best.value:.4f} at lr={best.params['lr']:.3g}, "
-          f"weight_decay={best.params['weight_decay']:.3g}; study in {storage}")  # fmt: skip
+    print(
+        f"\nbest: val_loss {best.value:.4f} at lr={best.params['lr']:.3g}, "
+        f"weight_decay={best.params['weight_decay']:.3g}; study in {storage}"
+    )
     return {"storage": storage, "coarse": coarse, "fine": fine, "lr_range": lr_range, "wd_range": wd_range}
 
 

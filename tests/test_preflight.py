@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -69,7 +70,7 @@ def test_well_scaled_stacks_keep_their_std_and_raise_nothing(lecture_input, acti
     stds = act_stds(report, activation.__name__)
     assert len(stds) == 10
     # every layer within a factor 2 of the one before: no geometric collapse or growth
-    assert all(0.5 < b / a < 2.0 for a, b in zip(stds, stds[1:], strict=False))
+    assert all(0.5 < b / a < 2.0 for a, b in itertools.pairwise(stds))
     # over all 10 layers: He-ReLU stays flat; Xavier-tanh drifts down slowly (the lecture's own Xavier table
     # goes 0.627 -> 0.220, a factor 2.85), far from the small-init collapse (a factor 1e5 by layer 10)
     assert max(stds) / min(stds) < (2.0 if activation is nn.ReLU else 3.5)
@@ -81,7 +82,7 @@ def test_xavier_relu_stack_halves_the_variance_per_layer(lecture_input):
     torch.manual_seed(0)
     report = nndiag.preflight(stack(nn.ReLU, math.sqrt(1 / 500)), lecture_input)
     stds = act_stds(report, "ReLU")
-    ratios = [b / a for a, b in zip(stds, stds[1:], strict=False)]
+    ratios = [b / a for a, b in itertools.pairwise(stds)]
     assert all(0.6 < r < 0.8 for r in ratios)  # std x 1/sqrt(2) per layer: the variance halves
     assert stds[-1] / stds[0] < 0.1
 
@@ -252,7 +253,9 @@ def test_table_matches_a_plain_forward_pass():
         row = report.table.iloc[i]
         assert row["mean"] == pytest.approx(float(h.mean()), abs=1e-5)
         assert row["std"] == pytest.approx(float(h.std(correction=0)), rel=1e-4)
-    assert report.table.iloc[1]["sat_frac"] == pytest.approx(float((model[1](model[0](x)).abs() >= 0.99).float().mean()))
+    assert report.table.iloc[1]["sat_frac"] == pytest.approx(
+        float((model[1](model[0](x)).abs() >= 0.99).float().mean())
+    )
     assert report.table.iloc[3]["dead_frac"] == pytest.approx(0.0)
     assert math.isnan(report.table.iloc[0]["dead_frac"]) or report.table.iloc[0]["dead_frac"] >= 0
     assert report.input_mean == pytest.approx(float(x.mean()), abs=1e-5)
@@ -285,7 +288,7 @@ def test_overfit_passes_on_a_learnable_model():
     assert result.passed, result.message
     assert result.samples == 16
     assert result.final_loss < 0.1 and result.final_loss <= 0.1 * result.initial_loss
-    assert 0 < result.steps <= 200 and len(result.losses) == result.steps + 1
+    assert 0 < result.steps <= 500 and len(result.losses) == result.steps + 1
     assert "can fit 16 samples" in result.message
 
 
@@ -340,14 +343,14 @@ def test_overfit_regression_uses_the_relative_target():
     ],
 )
 def test_bad_batches_raise_value_errors_that_say_what_to_do(bad):
-    with pytest.raises(ValueError, match="pass|rename"):
+    with pytest.raises(ValueError, match=r"pass|rename"):
         nndiag.preflight(mlp(), bad)
 
 
 def test_forward_failure_is_a_value_error():
     with pytest.raises(ValueError, match="forward pass failed"):
         nndiag.preflight(mlp(), torch.zeros(8, 7))
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         nndiag.preflight("model", torch.zeros(8, 20))  # type: ignore[arg-type]
 
 

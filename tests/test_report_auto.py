@@ -99,3 +99,15 @@ def test_dashboard_layout_and_target_band_are_in_the_run(tmp_path):
     ratio = acc.Scalars("nndiag/update_ratio/0.weight")
     assert [e.step for e in low] == [e.step for e in ratio]
     assert low[0].value == pytest.approx(1e-4)
+
+
+def test_dashboards_folder_holds_the_current_layout():
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "dashboards"
+    spec = importlib.util.spec_from_file_location("export_layout", root / "export_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert json.loads((root / "nndiag_layout.json").read_text()) == module.layout_for(None)

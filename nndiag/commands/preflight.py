@@ -68,7 +68,7 @@ def register(sub: Any) -> None:
     p.add_argument("--loss", metavar="LOSS", help=f"{', '.join(LOSSES)}, or script.py:function")
     p.add_argument("--num-classes", type=int, help="classes of a softmax classifier (inferred for cross-entropy)")
     p.add_argument("--no-overfit", action="store_true", help="skip the overfit-one-batch check")
-    p.add_argument("--overfit-steps", type=int, default=200, help="most steps of the overfit check (default 200)")
+    p.add_argument("--overfit-steps", type=int, default=500, help="most steps of the overfit check (default 500)")
     p.add_argument("--lr-find", action="store_true", help="also run Lightning's learning-rate range test")
     p.add_argument("--config", help="advisor thresholds: a TOML ([advisor] table or top level) or JSON file")
     p.add_argument("--json", action="store_true", help="machine-readable output")

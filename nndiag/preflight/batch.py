@@ -53,7 +53,7 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
         y_key = next((k for k in TARGET_KEYS if k in batch), None)
         return batch[x_key], batch[y_key] if y_key is not None else None
     raise ValueError(
-        f"expected the batch as a tensor, a tuple/list (inputs, targets) or a dict, got {type(batch).__name__}."
+        f"got a batch of type {type(batch).__name__}; pass an input tensor, a tuple/list (inputs, targets) or a dict."
     )
 
 

@@ -9,22 +9,24 @@ a deep copy of the model, so your weights are untouched.
 
 The result:
     * ``suggestion``: Lightning's suggestion, the rate of steepest loss descent;
-    * ``range`` = ``(low, high)``: ``high`` is a tenth of the rate at which the smoothed loss is
-      lowest (beyond that minimum the loss turns up, so one decade below it is the largest safe
-      rate: the fast.ai "minimum / 10" rule); ``low`` is the steepest-descent rate, or ``high / 10``
-      when that is lower (Smith's range test: from where the loss falls fastest to where it stops
-      falling; at least one decade wide). The lecture's "typical first range" is 1e-5 ... 1e-3.
+    * ``range`` = ``(low, high)``, a coarse search range: ``high`` is a tenth of the rate at which
+      the smoothed loss is lowest (past that minimum the loss turns up, so a decade below it is the
+      largest safe rate: the fast.ai "minimum / 10" rule) and ``low = high / 100`` (two decades, like
+      the lecture's typical first range 1e-5 ... 1e-3), clipped to the searched rates. The first 10
+      points are ignored, as Lightning's own suggestion does (its smoothed loss is biased low there).
+      No range when the loss never fell by 1% below its level after those points.
 
 A plain ``nn.Module`` is wrapped in a minimal LightningModule (``loss_fn(model(x), y)``,
 Adam unless ``optimizer`` is given): the suggested rates are for that optimizer.
 
 Example:
     >>> from nndiag.preflight.lr_range import suggested_range
-    >>> lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
-    >>> suggested_range(lrs, [2.3, 2.2, 1.5, 0.8, 1.2, 9.0], steepest=1e-3)
-    (0.0001, 0.001)
-    >>> suggested_range(lrs, [2.3, 2.3, 2.2, 1.5, 0.8, 0.5], steepest=1e-2)
-    (0.01, 0.1)
+    >>> lrs = [10.0 ** (k / 2) for k in range(-12, 1)]  # 1e-6 ... 1
+    >>> losses = [2.3, 2.3, 2.3, 2.3, 2.2, 2.0, 1.6, 1.1, 0.7, 0.8, 1.2, 3.0, 9.0]
+    >>> [f"{v:.0e}" for v in suggested_range(lrs, losses, skip=2)]  # (low, high, rate at the lowest loss)
+    ['1e-05', '1e-03', '1e-02']
+    >>> suggested_range(lrs, [2.3] * 13, skip=2) is None
+    True
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import io
 import logging
 import math
 import tempfile
@@ -165,27 +168,39 @@ def summarize(results: dict[str, list[float]], suggestion: float | None, cfg: LR
     """An :class:`LRFindResult` from Lightning's ``results`` (``lr`` and smoothed ``loss`` lists)."""
     lrs = [float(v) for v in results.get("lr", [])]
     losses = [float(v) for v in results.get("loss", [])]
-    finite = [(lr, loss) for lr, loss in zip(lrs, losses, strict=False) if math.isfinite(loss)]
-    if len(finite) < 3:
-        return LRFindResult(
-            None, None, None, None, "The learning-rate test produced too few finite losses.", lrs, losses
-        )
     steep = float(suggestion) if suggestion is not None and math.isfinite(suggestion) else None
-    low, high = suggested_range([lr for lr, _ in finite], [loss for _, loss in finite], steep)
-    min_lr = min(finite, key=lambda p: p[1])[0]
-    message = f"steepest descent at {steep:.2g}; " if steep is not None else "no steepest-descent point; "
-    message += f"try {low:.2g} ... {high:.2g} (the loss was lowest at {min_lr:.2g})"
-    if min_lr >= lrs[-1] and lrs[-1] >= cfg.max_lr * 0.99:
+    said = f"Lightning suggests {steep:.2g} (steepest descent)" if steep is not None else "no suggestion"
+    span = suggested_range(lrs, losses, min(SKIP_BEGIN, len(losses) // 3))
+    if span is None:
+        message = (
+            f"{said}; the loss did not fall anywhere between {cfg.min_lr:g} and {lrs[-1] if lrs else cfg.max_lr:g}, "
+            "so there is no range: check that the model learns (the overfit check) or search more steps."
+        )
+        return LRFindResult(steep, None, None, None, message, lrs, losses)
+    low, high, at_min = span
+    low, high = max(low, cfg.min_lr), min(high, cfg.max_lr)
+    message = f"{said}; search {low:.2g} ... {high:.2g} (the loss was lowest at {at_min:.2g})"
+    if at_min >= lrs[-1] and lrs[-1] >= 0.99 * cfg.max_lr:
         message += f"; the loss still fell at max_lr={cfg.max_lr:g}: raise max_lr to see where it turns up"
-    return LRFindResult(steep, low, high, min_lr, message + ".", lrs, losses)
+    return LRFindResult(steep, low, high, at_min, message + ".", lrs, losses)
 
 
-def suggested_range(lrs: list[float], losses: list[float], steepest: float | None) -> tuple[float, float]:
-    """``(low, high)``: ``high`` = rate of the lowest loss / 10; ``low`` = min(``steepest``, ``high`` / 10)."""
-    i = min(range(len(losses)), key=losses.__getitem__)
-    high = lrs[i] / 10.0
-    low = min(steepest, high / 10.0) if steepest is not None else high / 10.0
-    return low, high
+SKIP_BEGIN = 10  # Lightning's suggestion() skips as many points (its smoothed loss starts biased low)
+MIN_DROP = 0.01  # the loss must fall 1% below its level after the skipped points for a range to exist
+
+
+def suggested_range(lrs: list[float], losses: list[float], skip: int = SKIP_BEGIN) -> tuple[float, float, float] | None:
+    """``(high / 100, high, lr_at_min)`` with ``high`` = the rate of the lowest loss / 10, ignoring the first ``skip``.
+
+    ``None`` when fewer than 3 finite losses remain or the loss never fell ``MIN_DROP`` below its first kept value.
+    """
+    kept = [(lr, loss) for lr, loss in list(zip(lrs, losses, strict=False))[skip:] if math.isfinite(loss)]
+    if len(kept) < 3:
+        return None
+    at_min, lowest = min(kept, key=lambda p: p[1])
+    if lowest > (1.0 - MIN_DROP) * kept[0][1]:
+        return None
+    return at_min / 1000.0, at_min / 10.0, at_min
 
 
 # -- Lightning plumbing ------------------------------------------------------------------------------
@@ -249,7 +264,11 @@ def _loader(data: Any, steps: int) -> Any:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence Lightning's start-up banner and data-loader hints for the throwaway trainer."""
+    """Silence the throwaway trainer: Lightning's banner, data-loader hints and the finder's own tqdm bar.
+
+    The finder's progress bar ignores ``enable_progress_bar`` and writes to ``sys.stderr``, which is
+    redirected while the test runs (exceptions still propagate).
+    """
     loggers = [
         logging.getLogger(n) for n in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
     ]
@@ -261,7 +280,9 @@ def _quiet() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-            yield
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)

@@ -161,15 +161,22 @@ def _read_history(conn: sqlite3.Connection, max_steps: int | None) -> pd.DataFra
         keep = sorted({steps[round(i * (len(steps) - 1) / (max_steps - 1))] for i in range(max_steps)})
     else:
         keep = steps
+    conn.execute("PRAGMA mmap_size=4294967296")  # reads through the page cache: half the time of read() calls
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep_steps (step INTEGER PRIMARY KEY)")
     conn.execute("DELETE FROM keep_steps")
     conn.executemany("INSERT INTO keep_steps (step) VALUES (?)", [(k,) for k in keep])
-    # per-layer series at the kept steps (index lookups), run-wide series whole
-    return pd.read_sql_query(
-        f"{_SELECT} WHERE r.layer != '' AND s.step IN (SELECT step FROM keep_steps) "
-        f"UNION ALL {_SELECT} WHERE r.layer = '' ORDER BY step",
-        conn,
-    )
+    series = pd.read_sql_query("SELECT id, layer, stat FROM series", conn).set_index("id")
+    # per-layer series at the kept steps (lookups in the (series, step) index), run-wide series whole
+    rows = conn.execute(
+        "SELECT step, series, value FROM scalars WHERE series IN (SELECT id FROM series WHERE layer != '') "
+        "AND step IN (SELECT step FROM keep_steps) "
+        "UNION ALL SELECT step, series, value FROM scalars WHERE series IN (SELECT id FROM series WHERE layer = '')"
+    ).fetchall()
+    frame = pd.DataFrame(rows, columns=["step", "series", "value"])
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")  # NULL (stored NaN) -> NaN
+    frame["layer"] = series["layer"].reindex(frame["series"]).to_numpy()
+    frame["stat"] = series["stat"].reindex(frame["series"]).to_numpy()
+    return frame.sort_values("step", kind="stable").reset_index(drop=True)[COLUMNS]
 
 
 def _logging_steps(conn: sqlite3.Connection) -> list[int]:

@@ -35,16 +35,28 @@ def _plot(report: SweepReport, p: ParamAdvice) -> str:
     ys = [float(t.value or 0.0) for t in ok]
     ax.scatter(xs, ys, s=18, color="#1f5fa8", alpha=0.7, label="finished")
     top = [t for t in ok if t.number in best]
-    ax.scatter([float(t.params[p.name]) for t in top], [float(t.value or 0.0) for t in top], s=60,
-               facecolors="none", edgecolors="#e8710a", linewidths=1.8, label="best")  # fmt: skip
+    ax.scatter(
+        [float(t.params[p.name]) for t in top],
+        [float(t.value or 0.0) for t in top],
+        s=60,
+        facecolors="none",
+        edgecolors="#e8710a",
+        linewidths=1.8,
+        label="best",
+    )
     if ys and min(ys) > 0 and max(ys) / min(ys) > 100:
         ax.set_yscale("log")
     if bad:
         # failed/pruned trials have no objective: mark them along the worst edge of the plot
         lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
         y_bad = hi if s.direction == "minimize" else lo
-        ax.scatter([float(t.params[p.name]) for t in bad], [y_bad] * len(bad), marker="x", color="#b3261e",
-                   label="failed / pruned (no value)")  # fmt: skip
+        ax.scatter(
+            [float(t.params[p.name]) for t in bad],
+            [y_bad] * len(bad),
+            marker="x",
+            color="#b3261e",
+            label="failed / pruned (no value)",
+        )
     if p.log:
         ax.set_xscale("log")
     if p.low is not None and p.high is not None:
@@ -91,9 +103,11 @@ def render_html(report: SweepReport) -> str:
     s = report.sweep
     counts = report.counts
     states = ", ".join(f"{counts[k]} {k}" for k in ("complete", "pruned", "failed", "running") if counts.get(k))
-    parts = [f"<h1>Sweep {esc(s.name)}</h1>",
-             f"<div class='meta'>{esc(s.source)} &middot; {esc(s.direction)} {esc(s.objective)} &middot; "
-             f"{counts['total']} trials: {esc(states)}</div>"]  # fmt: skip
+    parts = [
+        f"<h1>Sweep {esc(s.name)}</h1>",
+        f"<div class='meta'>{esc(s.source)} &middot; {esc(s.direction)} {esc(s.objective)} &middot; "
+        f"{counts['total']} trials: {esc(states)}</div>",
+    ]
     if report.warnings:
         items = "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
         parts.append(f"<div class='verdict warnings'><ul class='fixes'>{items}</ul></div>")
@@ -109,8 +123,10 @@ def render_html(report: SweepReport) -> str:
         parts.append("<p>No finished trial with a finite objective yet.</p>")
     if report.params:
         parts.append("<h2>Hyperparameters, most important first</h2>")
-        head = ("<tr><th class='name'>name</th><th>searched range</th><th>scale</th><th>effect</th>"
-                "<th>best value</th><th>next range</th><th>border</th></tr>")  # fmt: skip
+        head = (
+            "<tr><th class='name'>name</th><th>searched range</th><th>scale</th><th>effect</th>"
+            "<th>best value</th><th>next range</th><th>border</th></tr>"
+        )
         parts.append(f"<table>{head}{''.join(map(_param_row, report.params))}</table>")
     if report.splits:
         parts.append("<h2>Diagnoses over the search space</h2><ul>")

@@ -50,7 +50,7 @@ def render_text(report: SweepReport) -> str:
     else:
         lines.append("No finished trial with a finite objective yet.")
     if report.params:
-        lines += ["", "Hyperparameters, most important first (effect: share of the objective's variation explained):"]
+        lines += ["", "Hyperparameters, most important first (effect: share of the objective's variation it explains):"]
         rows = [["name", "searched range", "scale", "effect", "best value", "next range", "border"]]
         for p in report.params:
             scale = "-" if p.low is None else ("log" if p.log else "linear")
