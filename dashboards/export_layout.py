@@ -19,7 +19,8 @@ DEMO_LAYERS = ["input", "net.0", "net.1", "net.2", "net.3", "net.4", "net.5", "n
 DEMO_PARAMS = [f"net.{i}.{kind}" for i in (0, 2, 4, 6) for kind in ("weight", "bias")]
 
 
-def layout_for(run_dir: str | None) -> dict:
+def layout_for(run_dir: str | None) -> dict[str, dict[str, list[object]]]:
+    """The layout for the run at ``run_dir``, or for the demo model when ``None``."""
     if run_dir is None:
         return layout(DEMO_LAYERS, DEMO_PARAMS)
     from nndiag import load_run

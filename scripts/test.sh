@@ -13,8 +13,8 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser tests will skip" >&2
   fi
 fi
-ruff check nndiag tests examples benchmarks
-ruff format --check nndiag tests examples benchmarks
+ruff check nndiag tests examples benchmarks dashboards
+ruff format --check nndiag tests examples benchmarks dashboards
 mypy nndiag
 set +e
 python -m pytest "$@"

@@ -87,11 +87,6 @@ def test_xavier_relu_stack_halves_the_variance_per_layer(lecture_input):
     assert stds[-1] / stds[0] < 0.1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no rule fires on a 0.71x-per-layer shrink: activation_collapse needs links < 0.7x and <= 0.35x per "
-    "layer on average; poor_init_scale needs a 3x scale error (Xavier is 1.41x under He). Rule change proposed.",
-)
 def test_xavier_relu_stack_is_flagged(lecture_input):
     torch.manual_seed(0)
     report = nndiag.preflight(stack(nn.ReLU, math.sqrt(1 / 500)), lecture_input)

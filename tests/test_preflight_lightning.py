@@ -114,3 +114,24 @@ def test_preflight_at_fit_start_logs_the_report(caplog):
     logged = [r for r in caplog.records if r.name == "nndiag"]
     assert len(logged) == 1 and logged[0].levelno == logging.WARNING
     assert "input_not_normalized" in logged[0].getMessage()
+
+
+def test_callback_preflight_option_runs_before_the_first_recorded_step(pkg, tmp_path, caplog):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4))
+    nn.init.constant_(net[0].bias, -4.0)  # dead ReLU from the start: the preflight must already see it
+    x, y = blobs(256, 20, 4)
+    cb = nndiag.DiagnosticsCallback(schedule=1, preflight={"loss_fn": nn.CrossEntropyLoss(), "overfit": False})
+    with caplog.at_level(logging.INFO, logger="nndiag"):
+        fit(pkg, make_module(pkg, net), loader(x, y), [cb], tmp_path, max_steps=3)
+    report = cb.preflight_report
+    assert isinstance(report, nndiag.PreflightReport)
+    assert "dead_units" in {d.code for d in report.diagnoses}
+    assert any("nndiag preflight" in r.getMessage() for r in caplog.records)
+    loss_steps = cb.history[cb.history.stat == "loss"].step.tolist()
+    assert loss_steps == [0, 1, 2]  # the preflight's forward pass is not a recorded step
+
+
+def test_callback_rejects_a_bad_preflight_option():
+    with pytest.raises(TypeError, match="preflight must be"):
+        nndiag.DiagnosticsCallback(preflight="yes")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -117,9 +117,17 @@ class _DiagnosticsCallbackImpl:
         advisor_config: AdvisorConfigLike = None,
         num_classes: int | None = None,
         halt_on: Iterable[str] | str = (),
+        preflight: bool | Mapping[str, Any] = False,
         **options: Any,
     ) -> None:
         resolve_schedule(schedule)  # validate now: a clear error at construction
+        if not isinstance(preflight, (bool, Mapping)):
+            raise TypeError(
+                f"preflight must be True/False or a dict of nndiag.preflight options (loss_fn, num_classes, overfit, "
+                f"lr_find), got {type(preflight).__name__}."
+            )
+        self.preflight = preflight
+        self.preflight_report: Any = None  # the PreflightReport of the last fit when preflight is on
         self.schedule = schedule
         self.val_loss_key = val_loss_key
         build_advice(diagnose, advisor_config, num_classes, halt_on)  # validate now
@@ -156,6 +164,8 @@ class _DiagnosticsCallbackImpl:
             self.session.close()
         if not trainer.is_global_zero:
             return  # only rank 0 records for now (distributed aggregation is tracked separately)
+        if self.preflight is not False:
+            self.preflight_report = self.guard.run("preflight", self._preflight, trainer, pl_module)
         writer = None
         if self.config.tensorboard:
             writer = self.guard.run("tensorboard logger", _tensorboard_writer, trainer)
@@ -181,6 +191,15 @@ class _DiagnosticsCallbackImpl:
         self.stop_reason = None
         self._restored_step = None
         self.diagnoses = self.session.diagnoses
+
+    def _preflight(self, trainer: Any, pl_module: Any) -> Any:
+        """Before the first recorded step (its forward pass must not become step 0 of the run)."""
+        from nndiag.preflight import preflight_at_fit_start
+
+        options = dict(self.preflight) if isinstance(self.preflight, Mapping) else {}
+        if self._advice_args[2] is not None:
+            options.setdefault("num_classes", self._advice_args[2])
+        return preflight_at_fit_start(trainer, pl_module, **options)
 
     def _first_step(self, log_dir: str | None) -> int:
         """Resume: the checkpoint's step; another fit into the same run dir: continue; else 0."""
@@ -293,6 +312,12 @@ Args:
     num_classes: classes of a softmax classifier (for ``initial_loss_off``; inferred when omitted).
     halt_on: diagnosis codes that stop training cleanly (like EarlyStopping), e.g.
         ``("nonfinite_loss", "loss_diverging")``; the reason is in ``stop_reason`` and the log.
+    preflight: run :func:`nndiag.preflight` on the first training batch when training starts (rank 0):
+        the per-layer table and what the initialised network already shows, logged on the ``nndiag``
+        logger, the report in ``preflight_report``. ``True``, or a dict of options (``loss_fn``,
+        ``overfit``, ``lr_find``, ...; without ``loss_fn`` no initial-loss or overfit check). Default off.
+    report: write ``nndiag-report.{html,md,json}`` into the run directory at the end (default: on,
+        unless the environment sets ``NNDIAG_REPORT=0``).
     val_loss_key: the ``self.log`` name of your validation loss; by default the first of
         ``val_loss``, ``val/loss``, ``valid_loss``, ``validation_loss``, ``val_loss_epoch``,
         ``loss/val`` found in ``trainer.callback_metrics`` at the end of each validation epoch

@@ -168,33 +168,43 @@ def _collapse_segments(view: RunView) -> list[list[str]]:
 def _collapse_at(
     stds: pd.Series, dead: pd.Series | None, segments: list[list[str]], cfg: AdvisorConfig
 ) -> tuple[list[str], float] | None:
-    """The first collapsing chain at one step: (layers, per-layer ratio), else ``None``."""
-    for seg in segments:
-        chain: list[str] = []
-        for name in seg:
-            std = float(stds.get(name, math.nan))
-            dead_frac = float(dead.get(name, math.nan)) if dead is not None else math.nan
-            usable = math.isfinite(std) and std > 0 and not dead_frac > cfg.dead_frac  # dead layers: dead_units
-            if chain and usable and std < cfg.collapse_link * float(stds[chain[-1]]):
-                chain.append(name)
-                continue
-            found = _collapsed(chain, stds, cfg)
+    """The first collapsing chain at one step: (layers, per-layer ratio), else ``None``.
+
+    Fast collapse (few layers, each link < ``collapse_link``, <= ``collapse_ratio`` per layer), or slow
+    collapse (>= ``collapse_slow_links`` links each < ``collapse_slow_link``, shrinking to at most
+    ``collapse_slow_total`` of the first std overall, whatever the final std).
+    """
+    for fast in (True, False):
+        link = cfg.collapse_link if fast else cfg.collapse_slow_link
+        for seg in segments:
+            chain: list[str] = []
+            for name in seg:
+                std = float(stds.get(name, math.nan))
+                dead_frac = float(dead.get(name, math.nan)) if dead is not None else math.nan
+                usable = math.isfinite(std) and std > 0 and not dead_frac > cfg.dead_frac  # dead layers: dead_units
+                if chain and usable and std < link * float(stds[chain[-1]]):
+                    chain.append(name)
+                    continue
+                found = _collapsed(chain, stds, cfg, fast)
+                if found is not None:
+                    return found
+                chain = [name] if usable else []
+            found = _collapsed(chain, stds, cfg, fast)
             if found is not None:
                 return found
-            chain = [name] if usable else []
-        found = _collapsed(chain, stds, cfg)
-        if found is not None:
-            return found
     return None
 
 
-def _collapsed(chain: list[str], stds: pd.Series, cfg: AdvisorConfig) -> tuple[list[str], float] | None:
+def _collapsed(chain: list[str], stds: pd.Series, cfg: AdvisorConfig, fast: bool) -> tuple[list[str], float] | None:
+    """``(chain, ratio per layer)`` when the chain is a fast or a slow collapse (see :func:`_collapse_at`)."""
     links = len(chain) - 1
-    if links < cfg.collapse_min_layers:
+    if links < (cfg.collapse_min_layers if fast else cfg.collapse_slow_links):
         return None
     first, last = float(stds[chain[0]]), float(stds[chain[-1]])
     per_layer = (last / first) ** (1.0 / links)
-    if per_layer <= cfg.collapse_ratio and last < cfg.collapse_std:
+    if fast and per_layer <= cfg.collapse_ratio and last < cfg.collapse_std:
+        return chain, per_layer
+    if not fast and last / first <= cfg.collapse_slow_total:
         return chain, per_layer
     return None
 
@@ -224,7 +234,7 @@ def activation_collapse(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     last = int(m.index[-1])
     chain, per_layer = found[last]
     stds = m.loc[last]
-    low = next(n for n in chain if float(stds[n]) < cfg.collapse_std)
+    low = next((n for n in chain if float(stds[n]) < cfg.collapse_std), chain[-1])
     first_std, last_std = float(stds[chain[0]]), float(stds[chain[-1]])
     acts = {view.layer(n).get("activation") for n in chain} | {
         view.layer(n).get("activation") for n in view.forward_order if view.layer(n).get("kind") in ("linear", "conv")

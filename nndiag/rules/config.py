@@ -85,6 +85,10 @@ class AdvisorConfig:
     collapse_link: float = 0.7  # a chain link: the next activation layer's std below this fraction of the previous
     collapse_min_layers: int = 3  # ... over at least this many consecutive links (no norm layer in between)
     collapse_std: float = 0.05  # ... ending below this std
+    collapse_slow_link: float = 0.8  # a slow collapse: every link below this fraction of the previous std ...
+    collapse_slow_links: int = 6  # ... over at least this many consecutive links (a deep stack) ...
+    collapse_slow_total: float = 0.1  # ... shrinking >= 10x overall (Xavier init before ReLU: 0.71x per layer,
+    # 0.06x over 9 hidden layers; Xavier-tanh drifts 0.78-0.95x per layer and He-ReLU ~1x: silent)
     dead_full_frac: float = 0.99  # a ReLU layer this dead passes no gradient (explains weights that never update)
     dead_min_samples: int = 8  # dead_frac is per batch: judged only over >= 8 samples (x positions) per unit (at
     # batch 1 a healthy unit is off half the time; at 8 a unit active 15% of the time looks dead in 27% of batches)
