@@ -44,13 +44,14 @@ def train_blobs(root: Path, *, lr: float, bias: float | None = None, steps: int 
     return str(mon.log_dir)
 
 
+# a training process that prints READY after 30 steps and then trains until it is killed
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
     from torch import nn
     from nndiag import Monitor
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     mon = Monitor(model, opt, log_dir=sys.argv[1], schedule=1, flush_seconds=0.2, report=False)
     step = 0

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from report_runs import KILL_SCRIPT
 from torch import nn
 
 from nndiag import CorruptRunError, Diagnosis, Monitor, RunNotFoundError, load_run
@@ -80,28 +81,6 @@ def test_store_continues_when_reopened(tmp_path):
     s2.write_rows(Rows(np.array([1]), [""], ["loss"], np.array([1.0])))
     s2.close()
     assert load_run(tmp_path).history.value.tolist() == [2.0, 1.0]
-
-
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import sys, time, torch
-    from torch import nn
-    from nndiag import Monitor
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mon = Monitor(model, opt, log_dir=sys.argv[1], schedule=1, flush_seconds=0.2)
-    step = 0
-    while True:
-        loss = model(torch.randn(16, 4)).pow(2).mean()
-        loss.backward(); opt.step(); opt.zero_grad()
-        mon.step(loss)
-        step += 1
-        if step == 30:
-            print("READY", mon.log_dir, flush=True)
-        time.sleep(0.01)
-    """
-)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")

@@ -1,9 +1,10 @@
 """Post-run reports: one run (HTML, Markdown, JSON) or a comparison of several.
 
-Example:
-    >>> from nndiag.report import write_report  # doctest: +SKIP
-    >>> write_report("runs/lightning_logs/version_0")  # doctest: +SKIP
-    {'html': PosixPath('runs/lightning_logs/version_0/nndiag-report.html'), ...}
+Example (``write_report`` returns the paths it wrote)::
+
+    from nndiag.report import write_report
+    write_report("runs/lightning_logs/version_0")
+    # {'html': PosixPath('runs/lightning_logs/version_0/nndiag-report.html'), 'md': ..., 'json': ...}
 
 See ``docs/report.md`` for the pictures, the JSON schema and the exit codes of ``nndiag report``.
 """
