@@ -87,6 +87,19 @@ CAUSE_ORDER: tuple[str, ...] = (
 _CAUSE_RANK = {code: i for i, code in enumerate(CAUSE_ORDER)}
 
 
+def fails(diagnoses: Iterable[Diagnosis], level: str | None) -> bool:
+    """Whether an open (unresolved) diagnosis is at least as severe as ``level`` (``--fail-on``).
+
+    Example:
+        >>> d = Diagnosis("dead_units", "warning", 0, "fc", "...")
+        >>> fails([d], "warning"), fails([d], "error"), fails([d], None)
+        (True, False, False)
+    """
+    if level is None:
+        return False
+    return any(SEVERITY_ORDER[d.severity] <= SEVERITY_ORDER[level] for d in diagnoses if not d.resolved)
+
+
 def by_severity(diagnoses: Iterable[Diagnosis]) -> list[Diagnosis]:
     """Open before resolved; errors, then warnings, then info; causes before symptoms; then by step.
 

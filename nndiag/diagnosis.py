@@ -92,8 +92,16 @@ class Diagnosis:
             'nonfinite_loss at step 7'
         """
         where = f" [{self.layer}]" if self.layer else ""
-        span = f"steps {self.step}-{self.last_step}" if self.last_step not in (None, self.step) else f"step {self.step}"
-        return f"{self.code}{where} at {span}{' (resolved)' if self.resolved else ''}"
+        return f"{self.code}{where} at {self.span()}{' (resolved)' if self.resolved else ''}"
+
+    def span(self) -> str:
+        """``step 7``, or ``steps 7-120`` for a problem that held over several checks.
+
+        Example:
+            >>> Diagnosis("lr_too_low", "warning", 7, None, "...", last_step=120).span()
+            'steps 7-120'
+        """
+        return f"steps {self.step}-{self.last_step}" if self.last_step not in (None, self.step) else f"step {self.step}"
 
     def one_line(self) -> str:
         """``[severity] headline: message``, as the CLI and the demo print it.

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,25 @@ import pandas as pd
 ACTIVATION_STATS = ("act_mean", "act_std", "dead_frac", "sat_frac", "nonfinite")
 PARAMETER_STATS = ("grad_norm", "weight_norm", "update_ratio")
 KEY_STATS = ACTIVATION_STATS + PARAMETER_STATS
+
+
+def forward_sorted(names: Iterable[str], facts: dict[str, Any] | None) -> list[str]:
+    """``names`` in forward order: ``input`` first, layers as executed, parameters after their layer.
+
+    Example:
+        >>> forward_sorted(["fc2", "fc1.weight", "input", "fc1"], {"forward_order": ["fc1", "fc2"]})
+        ['input', 'fc1', 'fc1.weight', 'fc2']
+    """
+    order = (facts or {}).get("forward_order") or []
+    rank = {name: i for i, name in enumerate(["input", *order])}
+
+    def key(name: str) -> tuple[float, str]:
+        if name in rank:
+            return (rank[name], name)
+        owner = name.rsplit(".", 1)[0]
+        return (rank[owner] + 0.5 if owner in rank else len(rank) + 1.0, name)
+
+    return sorted(set(names), key=key)
 
 
 def layer_summary(
@@ -32,10 +52,7 @@ def layer_summary(
     table.columns = [f"{stat} {when}" for when, stat in table.columns]
     ordered = [f"{s} {w}" for s in stats for w in ("first", "last") if f"{s} {w}" in table.columns]
     table = table[ordered].dropna(axis=1, how="all")
-    order = (facts or {}).get("forward_order") or []
-    rank = {name: i for i, name in enumerate(["input", *order])}
-    keys = sorted(table.index, key=lambda n: (rank.get(n, rank.get(n.rsplit(".", 1)[0], len(rank)) + 0.5), n))
-    return table.loc[keys]
+    return table.loc[forward_sorted(table.index, facts)]
 
 
 def run_overview(history: pd.DataFrame) -> dict[str, Any]:

@@ -8,30 +8,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from nndiag.advisor import fails
 from nndiag.commands import EXIT_OK, EXIT_PROBLEMS
 from nndiag.commands.jsonout import dumps
-from nndiag.diagnosis import SEVERITIES, Diagnosis
+from nndiag.diagnosis import SEVERITIES
 from nndiag.store.reader import load_run
 
 
 def add_fail_on(p: argparse.ArgumentParser) -> None:
     """The ``--fail-on LEVEL`` option shared by ``diagnose`` and ``report``."""
     p.add_argument("--fail-on", choices=SEVERITIES, help="exit 1 if an open diagnosis is this severe or worse")
-
-
-def fails(diagnoses: list[Diagnosis], level: str | None) -> bool:
-    """Whether an open (unresolved) diagnosis is at least as severe as ``level``.
-
-    Example:
-        >>> d = Diagnosis("dead_units", "warning", 0, "fc", "...")
-        >>> fails([d], "warning"), fails([d], "error"), fails([d], None)
-        (True, False, False)
-    """
-    from nndiag.advisor import SEVERITY_ORDER
-
-    if level is None:
-        return False
-    return any(SEVERITY_ORDER[d.severity] <= SEVERITY_ORDER[level] for d in diagnoses if not d.resolved)
 
 
 def register(sub: Any) -> None:

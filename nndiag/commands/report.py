@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from nndiag.advisor import fails
 from nndiag.commands import EXIT_OK, EXIT_PROBLEMS
-from nndiag.commands.diagnose import add_fail_on, fails
+from nndiag.commands.diagnose import add_fail_on
 
 
 def register(sub: Any) -> None:

@@ -23,10 +23,10 @@ Trial user attributes set (read back by ``nndiag sweep``):
 Timing: nndiag's advisors run on a background thread (every ~5 s or 20 logging steps, at once on
 the first non-finite loss), so when the loop reports an epoch the latest check may be seconds old:
 a one-epoch coarse trial could finish before its divergence is diagnosed. So before deciding,
-``report`` waits until the writer has processed everything handed to it (``Session.check_now()``
-when nndiag provides it, else the writer's ``drain``) and, when the background diagnoses give no
-reason, evaluates the same rules once more on the current history (``recheck=True``; the cost of
-one advisor check, milliseconds for small runs, once per report).
+``report`` waits until the writer has processed everything handed to it (the writer's ``drain``)
+and, when the background diagnoses give no reason, evaluates the same rules once more on the
+current history (``recheck=True``; the cost of one advisor check, milliseconds for small runs,
+once per report).
 
 Example:
     >>> import optuna, torch
@@ -77,10 +77,6 @@ def _settle(source: Any) -> None:
     """Wait until nndiag has processed what the training handed it (see the module docstring)."""
     session = getattr(source, "session", None)
     if session is None or getattr(session, "closed", True):
-        return
-    check_now = getattr(session, "check_now", None)
-    if callable(check_now):
-        check_now()
         return
     pipeline = getattr(session, "pipeline", None)
     if pipeline is not None:

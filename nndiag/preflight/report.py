@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from nndiag.advisor import SEVERITY_ORDER
+from nndiag.advisor import fails
 from nndiag.commands.jsonout import clean
 from nndiag.diagnosis import Diagnosis
 from nndiag.preflight.lr_range import LRFindResult
@@ -77,10 +77,9 @@ class PreflightReport:
             >>> PreflightReport(pd.DataFrame(), [info]).fails("info"), PreflightReport(pd.DataFrame(), [info]).ok
             (True, True)
         """
-        worst = SEVERITY_ORDER[level]
         if self.overfit is not None and not self.overfit.passed:
             return True
-        return any(SEVERITY_ORDER[d.severity] <= worst for d in self.diagnoses)
+        return fails(self.diagnoses, level)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN/Inf become ``None``) of everything in the report."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nndiag.advisor import SEVERITY_ORDER
 from nndiag.diagnosis import Diagnosis
 from nndiag.report.model import RunReport
 
@@ -55,7 +56,7 @@ class Comparison:
         for r in self.runs:
             for d in r.diagnoses:
                 k = (d.code, d.layer or "")
-                rank = {"error": 0, "warning": 1, "info": 2}[d.severity]
+                rank = SEVERITY_ORDER[d.severity]
                 seen[k] = min(seen.get(k, rank), rank)
         return sorted(seen, key=lambda k: seen[k])
 

@@ -1,4 +1,4 @@
-"""Layer and parameter ordering (forward order) and the layer x step matrices of the heatmaps.
+"""The layer x step matrices of the heatmaps (layers in forward order), and which parameters are weights.
 
 Example:
     >>> import pandas as pd
@@ -11,26 +11,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-
-def forward_sorted(names: Iterable[str], facts: dict[str, Any] | None) -> list[str]:
-    """``names`` in forward order: ``input`` first, layers as executed, parameters after their layer."""
-    order = (facts or {}).get("forward_order") or []
-    rank = {name: i for i, name in enumerate(["input", *order])}
-
-    def key(name: str) -> tuple[float, str]:
-        if name in rank:
-            return (rank[name], name)
-        owner = name.rsplit(".", 1)[0]
-        return (rank[owner] + 0.5 if owner in rank else len(rank) + 1.0, name)
-
-    return sorted(set(names), key=key)
+from nndiag.summary import forward_sorted
 
 
 @dataclass(frozen=True)

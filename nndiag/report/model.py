@@ -27,10 +27,10 @@ import pandas as pd
 
 from nndiag.advisor import by_severity
 from nndiag.diagnosis import Diagnosis
-from nndiag.report.layers import StatMatrix, forward_sorted, stat_matrix
+from nndiag.report.layers import StatMatrix, stat_matrix
 from nndiag.report.verdict import Verdict, verdict
 from nndiag.store.reader import load_run
-from nndiag.summary import KEY_STATS, layer_summary
+from nndiag.summary import KEY_STATS, layer_summary, run_overview
 
 # heatmaps have at most this many columns: more than a screen's width of pixels is not more information
 MAX_REPORT_STEPS = 400
@@ -94,9 +94,7 @@ def build_report(path: str | Path, max_steps: int = MAX_REPORT_STEPS) -> RunRepo
     status = str(loaded.meta.get("status", "unknown"))
     overview = _overview(history)
     diagnoses = by_severity(loaded.diagnoses)
-    summary = layer_summary(history, loaded.facts, KEY_STATS)
-    if not summary.empty:
-        summary = summary.loc[forward_sorted(summary.index, loaded.facts)]
+    summary = layer_summary(history, loaded.facts, KEY_STATS)  # forward order
     return RunReport(
         path=run_dir,
         name="/".join(run_dir.parts[-2:]),
@@ -115,19 +113,18 @@ def _finite(x: float) -> float | None:
 
 
 def _overview(history: pd.DataFrame) -> dict[str, Any]:
+    """:func:`nndiag.summary.run_overview` (non-finite losses as ``None``) plus what the report adds."""
+    base = run_overview(history)
     run_wide = history[history.layer == ""]
-    loss = run_wide[run_wide.stat == "loss"].sort_values("step", kind="stable").value.to_numpy()
+    loss = run_wide[run_wide.stat == "loss"].value.to_numpy()
     val = run_wide[run_wide.stat == "val_loss"].value.to_numpy()
     finite = loss[np.isfinite(loss)]
     nonfinite = run_wide[(run_wide.stat == "loss") & ~np.isfinite(run_wide.value)]
-    per_layer = history[history.layer != ""]
     return {
-        "optimizer_steps": int(history.step.max()) + 1 if len(history) else 0,
-        "logging_steps": int(run_wide[run_wide.stat == "grad_norm_total"].step.nunique()),
-        "layers": int(per_layer[(per_layer.stat == "act_std") & (per_layer.layer != "input")].layer.nunique()),
-        "parameters": int(per_layer[per_layer.stat == "grad_norm"].layer.nunique()),
-        "loss_first": _finite(loss[0]) if len(loss) else None,
-        "loss_last": _finite(loss[-1]) if len(loss) else None,
+        **base,
+        "parameters": int(history[(history.layer != "") & (history.stat == "grad_norm")].layer.nunique()),
+        "loss_first": None if base["loss_first"] is None else _finite(base["loss_first"]),
+        "loss_last": None if base["loss_last"] is None else _finite(base["loss_last"]),
         "loss_min": float(finite.min()) if len(finite) else None,
         "first_nonfinite_loss_step": int(nonfinite.step.min()) if len(nonfinite) else None,
         "val_loss_last": _finite(val[-1]) if len(val) else None,

@@ -35,5 +35,4 @@ def evidence_text(evidence: dict[str, Any]) -> str:
 
 def steps_text(d: Diagnosis) -> str:
     """``step 7`` or ``steps 7-120``, plus ``resolved`` when it went away."""
-    span = f"steps {d.step}-{d.last_step}" if d.last_step not in (None, d.step) else f"step {d.step}"
-    return span + (", resolved" if d.resolved else "")
+    return d.span() + (", resolved" if d.resolved else "")
