@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,13 +76,16 @@ def test_bad_input_one_line_no_traceback(tmp_path, make_bad):
 def test_demo_command_runs_and_points_at_the_fault(tmp_path):
     exe = shutil.which("nndiag")
     cmd = [exe] if exe else [sys.executable, "-m", "nndiag.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "NNDIAG_REPORT"}  # the demo writes its report
     proc = subprocess.run(
-        [*cmd, "demo", "--out", str(tmp_path), "--epochs", "1"], capture_output=True, text=True, timeout=300
+        [*cmd, "demo", "--out", str(tmp_path), "--epochs", "1"], capture_output=True, text=True, timeout=300, env=env
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "fault injected" in out
     assert "Run store:" in out and "tensorboard --logdir" in out
+    report = out.split("Report: ")[1].splitlines()[0]
+    assert report.endswith("nndiag-report.html") and "dead_units" in Path(report).read_text()
     run_dir = out.split("Run store: ")[1].split("/nndiag.sqlite")[0]
     from nndiag import load_run
 

@@ -88,6 +88,13 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 3, quiet: bool = False
     return {"log_dir": cb.log_dir, "overview": overview, "summary": summary, "history": history}
 
 
+def _report_line(log_dir: str | None) -> str:
+    html = Path(log_dir) / "nndiag-report.html" if log_dir else None
+    if html is not None and html.is_file():
+        return f"Report: {html}"
+    return f"Report: off for this run (NNDIAG_REPORT=0); write it with: nndiag report {log_dir}"
+
+
 def render_report(log_dir: str | None, overview: dict[str, Any], summary: pd.DataFrame, diagnoses: list[Any]) -> str:
     """The demo's printed report."""
     lines = [
@@ -113,6 +120,7 @@ def render_report(log_dir: str | None, overview: dict[str, Any], summary: pd.Dat
     lines += [
         "",
         f"Run store: {log_dir}/nndiag.sqlite  (nndiag show {log_dir})",
+        _report_line(log_dir),
         f"TensorBoard: tensorboard --logdir {Path(log_dir).parent if log_dir else 'runs'}"
         "  (tags nndiag/<stat>/<layer>)",
     ]
