@@ -8,6 +8,10 @@ Commands (one module each in :mod:`nndiag.commands`):
       re-run the advisors on a stored run (other thresholds from FILE) and print the diagnoses.
     * ``nndiag report RUN_DIR [RUN_DIR ...] [--out DIR] [--format html,md,json] [--fail-on LEVEL]``:
       the post-run report of one run, or a comparison of several.
+    * ``nndiag preflight TARGET [--batch TARGET] [--loss LOSS] ...``: checks before training (see
+      :mod:`nndiag.commands.preflight`).
+    * ``nndiag sweep SOURCE [--study NAME] [--json] [--html PATH]``: advice on a hyperparameter
+      search (an Optuna study or a folder of runs; see :mod:`nndiag.commands.sweep`).
 
 Exit codes: 0 success; 1 ``--fail-on`` found an open diagnosis that severe; 2 bad usage or bad
 input (missing directory, not a run, damaged store, bad config file), with a one-line message
