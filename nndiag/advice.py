@@ -62,6 +62,11 @@ class AdvisorLoop:
         """All diagnoses so far (the list object is updated in place)."""
         return self.advisor.diagnoses
 
+    def restore(self, diagnoses: list[Diagnosis]) -> None:
+        """A resumed run's open diagnoses: tracked (and already logged before the checkpoint)."""
+        self.advisor.restore(diagnoses)
+        self._logged.update((d.code, d.layer) for d in diagnoses)
+
     def due(self, urgent: bool = False) -> bool:
         """Whether a check is due after one more logging packet.
 

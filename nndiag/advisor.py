@@ -172,6 +172,23 @@ class Advisor:
                     changed.append(self.diagnoses[i])
         return changed
 
+    def restore(self, diagnoses: Iterable[Diagnosis]) -> None:
+        """Seed the tracked diagnoses (a resumed run's open ones); later checks update or resolve them.
+
+        Example:
+            >>> adv = Advisor(rules=[])
+            >>> adv.restore([Diagnosis("dead_units", "warning", 3, "fc", "...")])
+            >>> [d.headline() for d in adv.diagnoses]
+            ['dead_units [fc] at step 3']
+        """
+        with self._lock:
+            for d in diagnoses:
+                key = (d.code, d.layer)
+                if key in self._index:
+                    continue
+                self._index[key] = len(self.diagnoses)
+                self.diagnoses.append(d)
+
     def replay(self, history: pd.DataFrame, facts: dict[str, Any], checks: int = 40) -> list[Diagnosis]:
         """Diagnose a finished run as training would have: check at up to ``checks`` logging steps.
 

@@ -38,8 +38,12 @@ class RecorderConfig:
             statistics are dropped (with one warning) rather than stall training.
         max_pending_losses: losses kept on the device between logging steps before an extra
             transfer is made (bounds memory under sparse custom schedules).
-        memory_rows: history rows kept in memory; older rows stay in the run store and
-            ``history`` reads them back from there.
+        memory_rows: history rows kept in memory: the run's first ``memory_rows // 10`` and the most
+            recent ones (the advisors see these); the rest stays in the run store and ``history``
+            reads it back from there. Memory stays flat however long the run.
+        distributed: in a ``torch.distributed`` run (DDP, FSDP, several nodes), combine the ranks'
+            statistics with one all-reduce per logging step so that rank 0 records the global batch;
+            ``False``: rank 0 records its own batch and nndiag issues no collective.
         tensorboard: write scalars to TensorBoard.
         store: write the SQLite run store.
 
@@ -52,9 +56,12 @@ class RecorderConfig:
     flush_seconds: float = 2.0  # at most ~2 s of statistics lost by a kill -9
     max_queue: int = 256  # logging steps buffered for the writer thread
     max_pending_losses: int = 1024  # device-side loss buffer before a forced transfer
-    memory_rows: int = 5_000_000  # ~5M rows (~120 MB) of history kept in memory
+    memory_rows: int = 1_000_000  # rows kept in memory (~20-25 bytes each: ~25 MB), the run's start included
     tensorboard: bool = True  # write TensorBoard scalars/text
     store: bool = True  # write the SQLite run store
+    # torch.distributed runs: combine every rank's statistics at each logging step (one all-reduce);
+    # False: rank 0 records its own batch only and no collective is ever issued
+    distributed: bool = True
     # write nndiag-report.{html,md,json} into the run directory when the run ends (needs the store);
     # None = yes, unless the environment sets NNDIAG_REPORT=0 (e.g. in a test suite)
     report: bool | None = None

@@ -54,7 +54,7 @@ class Pipeline:
         max_queue: int = 256,
         advice: AdvisorLoop | None = None,
     ) -> None:
-        self.memory = memory or MemoryHistory()
+        self.memory = memory if memory is not None else MemoryHistory()
         self.store = store
         self.tensorboard = tensorboard
         self.guard = guard or ErrorGuard()
@@ -131,7 +131,9 @@ class Pipeline:
     def _handle(self, item: Any) -> bool:
         """Write one queued item; True when it carried the run's first non-finite loss (check now)."""
         if isinstance(item, Packet):
-            rows = item.decode()
+            rows = item.decode(finalize=not self.guard.disabled("statistics finalisation"))
+            if item.failures:  # one report per packet; after 20 the raw statistics are no longer finalised
+                self.guard.report("statistics finalisation", item.failures[0])
             self.memory.write_rows(rows)
             if self.store is not None:
                 self.guard.run("run store", self.store.write_rows, rows)

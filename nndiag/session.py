@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from nndiag.advice import AdvisorLoop
+from nndiag.collect.distributed import combiner_for
 from nndiag.collect.packet import Packet
 from nndiag.collect.recorder import Recorder
 from nndiag.config import RecorderConfig
@@ -40,6 +41,8 @@ from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.log import get_logger
 from nndiag.pipeline import Pipeline
+from nndiag.resume import ResumeState
+from nndiag.rows import Rows
 from nndiag.schedule import Schedule
 from nndiag.sinks.memory import MemoryHistory
 from nndiag.sinks.tensorboard import TensorBoardSink
@@ -62,14 +65,29 @@ class Session:
         start_step: int = 0,
         guard: ErrorGuard | None = None,
         advice: AdvisorLoop | None = None,
+        resume: ResumeState | None = None,
     ) -> None:
         self.config = config or RecorderConfig()
         self.guard = guard or ErrorGuard()
+        # torch.distributed: every rank records and takes part in the exchange; only rank 0 writes
+        self.combiner = combiner_for(model, self.config.distributed)
+        if not self.combiner.writer:
+            log_dir, tb_writer, advice = None, None, None
+        continued = None
+        if resume is not None:
+            start_step = resume.step
+            continued = resume.continued_dir() if self.combiner.writer and log_dir is not None else None
+            if continued is not None:
+                log_dir = continued  # the store continues the same run
+            elif resume.run_dir:
+                meta = {**(meta or {}), "resumed_from": {"run_dir": resume.run_dir, "step": resume.step}}
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.advice = advice
         self.diagnoses: list[Diagnosis] = advice.diagnoses if advice is not None else []
         if self.log_dir is not None and (self.config.store or (self.config.tensorboard and tb_writer is None)):
             self.log_dir = self._writable(self.log_dir)
+        if self.combiner.world_size > 1:
+            meta = {**(meta or {}), "world_size": self.combiner.world_size, "combined": self.combiner.distributed}
         store = self._open_store(meta) if self.config.store and self.log_dir is not None else None
         tb = self._open_tensorboard(tb_writer) if self.config.tensorboard else None
         self.pipeline = Pipeline(
@@ -81,11 +99,43 @@ class Session:
             max_queue=self.config.max_queue,
             advice=advice,
         )
-        self.recorder = Recorder(model, optimizers, self.pipeline.submit, self.config, schedule, self.guard, start_step)
+        if resume is not None:
+            self.guard.run("resume", self._resume, resume, continued is not None and store is not None)
+        submit = self.pipeline.submit if self.combiner.writer else _discard
+        self.recorder = Recorder(
+            model,
+            optimizers,
+            submit,
+            self.config,
+            schedule,
+            self.guard,
+            start_step,
+            combiner=self.combiner,
+            init_facts=self.pipeline.facts.get("init"),
+        )
         self.recorder.attach()
         self.closed = False
         self._atexit = _close_at_exit(weakref.ref(self))
         atexit.register(self._atexit)
+
+    def _resume(self, resume: ResumeState, continued: bool) -> None:
+        """Restore open diagnoses; when the store continues, drop redone steps and reload the earlier history."""
+        if self.advice is not None:
+            self.advice.restore(resume.diagnoses)
+        if not continued:
+            return
+        store = self.pipeline.store
+        assert store is not None
+        assert self.log_dir is not None
+        store.truncate_from(resume.step)  # steps after the checkpoint are trained again
+        earlier = load_run(self.log_dir)
+        self.pipeline.facts = earlier.facts
+        h = earlier.history
+        if len(h):
+            self.pipeline.memory.write_rows(
+                Rows(h.step.to_numpy(), h.layer.tolist(), h.stat.tolist(), h.value.to_numpy(dtype=float))
+            )
+        get_logger().info("nndiag: resuming run %s at step %d", self.log_dir, resume.step)
 
     @staticmethod
     def _writable(log_dir: Path) -> Path | None:
@@ -150,14 +200,46 @@ class Session:
         self.recorder.end_batch(loss)
 
     def halting(self, codes: tuple[str, ...]) -> Diagnosis | None:
-        """The first open diagnosis whose code is in ``codes`` (``halt_on``), else ``None``."""
-        return next((d for d in self.diagnoses if d.code in codes and not d.resolved), None)
+        """The first open diagnosis whose code is in ``codes`` (``halt_on``), else ``None``.
+
+        Distributed: rank 0's advisors decide; every rank learns the decision at the same exchange
+        (the next logging step) and only then returns it, so that all ranks stop at the same step
+        (a rank that stopped alone would leave the others waiting in the gradient all-reduce).
+        """
+        if not codes:
+            return None
+        hit = next((d for d in self.diagnoses if d.code in codes and not d.resolved), None)
+        if not self.combiner.distributed:
+            return hit
+        if self.combiner.vote is None:
+            self.combiner.vote = lambda: self.halting_locally(codes)
+        if not self.combiner.agreed_halt:
+            return None
+        return hit or Diagnosis(
+            code="halted_by_rank_0",
+            severity="error",
+            step=self.step,
+            layer=None,
+            message=f"rank 0 stopped training on a halt_on diagnosis (see its log); this is rank {self.combiner.rank}",
+        )
+
+    def halting_locally(self, codes: tuple[str, ...]) -> bool:
+        """Whether an open diagnosis in ``codes`` holds on this rank (rank 0's vote to halt)."""
+        return any(d.code in codes and not d.resolved for d in self.diagnoses)
 
     def record(self, stat: str, value: float, layer: str = "") -> None:
         """Record a host-side value (e.g. ``val_loss``) at the current optimizer step."""
         if not self.closed:
             step = max(self.recorder.step - 1, 0)  # the last completed step
             self.pipeline.submit(Packet.build(step, extras=[(layer, stat, float(value))]))
+
+    def resume_state(self) -> ResumeState:
+        """What a checkpoint keeps: the step reached, this run's directory, the open diagnoses."""
+        return ResumeState(
+            step=self.recorder.step,
+            run_dir=str(self.log_dir) if self.log_dir is not None and self.pipeline.store is not None else None,
+            diagnoses=[d for d in self.diagnoses if not d.resolved],
+        )
 
     @property
     def step(self) -> int:
@@ -210,6 +292,10 @@ class Session:
 
         paths = write_report(log_dir)
         get_logger().info("nndiag: report %s", paths["html"])
+
+
+def _discard(item: Any) -> None:
+    """The ``submit`` of ranks other than 0: they take part in the exchange but write nothing."""
 
 
 def _close_at_exit(ref: weakref.ref[Session]) -> Any:

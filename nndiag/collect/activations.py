@@ -1,9 +1,16 @@
 """Forward hooks that reduce every recorded module's output on the device.
 
-Hooks are registered once and stay cheap when not armed: they return after one
-attribute check (no tensor work on non-logging steps). When armed, each module's
+Hooks are registered once and stay cheap when not armed: they return after a few
+attribute checks (no tensor work on non-logging steps). When armed, each module's
 output is reduced to a handful of on-device scalars; nothing crosses to the host
 until the recorder packs the step.
+
+Under ``torch.compile`` the per-module hooks are traced into the model's graph: their
+reductions have no host synchronisation and no data-dependent shape (no graph break),
+and they read the training flag before the armed flag. A compiled model therefore gets
+two graphs more than without nndiag (logging steps, and the first logging step, which
+also records the forward facts), whatever mix of logging, non-logging and evaluation
+passes follows (see :func:`_root_hook_eager_as_frame` for the root's input hook).
 
 Example:
     >>> import torch, torch.nn as nn
@@ -22,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +140,8 @@ class ActivationCollector:
     def arm(self) -> None:
         """Record the next forward pass(es) until :meth:`disarm`."""
         self.armed = True
+        if "torch._dynamo" in sys.modules:  # torch.compile is in use (or may be): see the function
+            _root_hook_eager_as_frame()
 
     def disarm(self) -> None:
         """Stop recording (results so far are kept until :meth:`pack` or :meth:`reset`)."""
@@ -144,28 +155,32 @@ class ActivationCollector:
 
     # -- hooks -----------------------------------------------------------------------
     def _root_pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not self.armed or self.input_acc is not None or not module.training:
-            return
+        if not module.training or not self.armed or self.input_acc is not None:
+            return  # (training first: under torch.compile an eval pass then guards on it alone)
         self.guard.run("input statistics", self._record_input, (args, kwargs))
 
     def _record_input(self, obj: Any) -> None:
+        # attempted for this step: if what follows fails, no module's hook retries it (one report, and the modules'
+        # own statistics are kept); integer inputs (token ids) keep it, so the first-leaf fallback does not fire
+        self.input_acc = _Accum(0, torch.zeros(()), torch.zeros(()))
         if self.facts.batch_size is None:
-            self.facts.batch_size = _batch_size(obj)
+            self.facts.batch_size = self.guard.run("forward facts", _batch_size, obj)
         tensors = float_tensors(obj)
-        # integer inputs (token ids) get an empty accumulator so the first-leaf fallback does not fire
-        self.input_acc = _accumulate(tensors[0].detach()) if tensors else _Accum(0, torch.zeros(()), torch.zeros(()))
+        if tensors:
+            self.input_acc = _accumulate(tensors[0].detach())
 
     def _make_hook(self, name: str):  # noqa: ANN202 - closure
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if not self.armed or (self.model is not None and not self.model.training):
-                return  # not a logging step, or an evaluation pass between training batches
+            model = self.model
+            if (model is not None and not model.training) or not self.armed:
+                return  # an evaluation pass between training batches, or not a logging step
             self.guard.run("activation statistics", self._record, name, args, output)
 
         return hook
 
     def _record(self, name: str, args: tuple[Any, ...], output: Any) -> None:
         if self.input_acc is None:  # root forward not called (e.g. training_step calls self.model)
-            self._record_input(args)
+            self.guard.run("input statistics", self._record_input, args)
         tensors = float_tensors(output)
         if not tensors:
             return
@@ -278,3 +293,22 @@ def _batch_size(obj: Any) -> int | None:
         elif isinstance(item, (tuple, list)):
             stack.extend(item)
     return None
+
+
+def _root_hook_eager_as_frame() -> None:
+    """Have dynamo run the root's input hook eagerly where it meets the hook as a frame of its own.
+
+    A compiled user-defined module (``torch.compile(model)``, ``model.compile()``) runs its root's
+    hooks from ``Module._call_impl``, which dynamo does not trace, so each hook is a frame of its
+    own: compiled, the input hook adds a small graph (and a graph call) to every logging step, and
+    once a non-logging pass gave dynamo an empty graph it skips the hook and compiles
+    ``ErrorGuard.run`` separately. Where the hook is traced inline (a compiled ``training_step``
+    calling ``self(x)``, a compiled ``nn.Sequential``) it stays in the caller's graph: a
+    ``torch.compiler.disable`` would break that graph on every step. Best effort (private dynamo
+    API): where it is missing, the hook's own frame is compiled as described.
+    """
+    with contextlib.suppress(Exception):
+        from torch._dynamo.eval_frame import FrameAction, FrameExecStrategy, set_code_exec_strategy
+
+        skip = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)  # this frame and its callees
+        set_code_exec_strategy(ActivationCollector._root_pre_hook.__code__, skip)

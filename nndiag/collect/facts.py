@@ -221,6 +221,16 @@ def module_facts(module: nn.Module) -> dict[str, Any]:
     }
 
 
+def clean_name(name: str) -> str:
+    """A module or parameter name without ``torch.compile``'s ``_orig_mod`` wrapper level.
+
+    Example:
+        >>> clean_name("net._orig_mod.fc1.weight"), clean_name("_orig_mod.0")
+        ('net.fc1.weight', '0')
+    """
+    return name.replace("._orig_mod.", ".").removeprefix("_orig_mod.").removesuffix("._orig_mod")
+
+
 def recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules nndiag hooks: leaves, plus atomic containers (whose children are then skipped).
 
@@ -232,11 +242,11 @@ def recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if any(name.startswith(p) for p in skip_prefixes):
             continue
         if isinstance(mod, ATOMIC_TYPES):
-            out.append((name or type(mod).__name__, mod))
+            out.append((clean_name(name) or type(mod).__name__, mod))
             skip_prefixes.append(name + "." if name else "")
             continue
         if next(mod.children(), None) is None:
-            out.append((name or type(mod).__name__, mod))
+            out.append((clean_name(name) or type(mod).__name__, mod))
     return out
 
 

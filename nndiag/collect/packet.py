@@ -47,6 +47,7 @@ class Packet:
     hist_keys: list[tuple[str, str]] = field(default_factory=list)
     bins: int = 0
     event: Any = None
+    failures: list[Exception] = field(default_factory=list)  # why layers' statistics could not be finalised
 
     @classmethod
     def build(
@@ -93,8 +94,11 @@ class Packet:
             self.event.synchronize()
             self.event = None
 
-    def decode(self) -> Rows:
-        """Recorded statistics of this packet: raw statistics finalised, totals added."""
+    def decode(self, finalize: bool = True) -> Rows:
+        """Recorded statistics of this packet: raw statistics finalised (unless ``finalize=False``), totals added.
+
+        A layer whose raw statistics cannot be finalised is left out and named in :attr:`failures`.
+        """
         self.wait()
         vals = self.values.numpy().astype(np.float64, copy=False).tolist()
         n_loss = len(self.loss_steps)
@@ -115,8 +119,14 @@ class Packet:
             layers.append(layer)
             stats.append(stat)
             values.append(v)
-        for layer, r in raw.items():
-            for stat, v in finalize_layer(r).items():
+        for layer, r in raw.items() if finalize else ():
+            try:
+                done = finalize_layer(r)
+            except Exception as exc:  # one layer's bad numbers must not cost the packet (and its losses)
+                exc.add_note(f"nndiag: while finalising the statistics of layer {layer!r} at step {self.step}")
+                self.failures.append(exc)
+                continue
+            for stat, v in done.items():
                 layers.append(layer)
                 stats.append(stat)
                 values.append(v)

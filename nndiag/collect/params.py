@@ -24,11 +24,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from nndiag.collect.distributed import local
+from nndiag.collect.facts import clean_name
 from nndiag.stats.activations import as_float
 from nndiag.stats.params import norms
 
@@ -39,8 +42,9 @@ class ParamCollector:
     def __init__(self, model: nn.Module, mode: str = "exact", samples: int = 4096) -> None:
         self.mode = mode
         self.samples = samples
-        self.named: list[tuple[str, nn.Parameter]] = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.frozen: list[str] = [n for n, p in model.named_parameters() if not p.requires_grad]
+        named = [(clean_name(n), p) for n, p in model.named_parameters()]
+        self.named: list[tuple[str, nn.Parameter]] = [(n, p) for n, p in named if p.requires_grad]
+        self.frozen: list[str] = [n for n, p in named if not p.requires_grad]
         self.index = {id(p): i for i, (_, p) in enumerate(self.named)}
         self._sample_idx: dict[int, torch.Tensor] = {}
         self._buffer: list[torch.Tensor] | None = None
@@ -49,6 +53,7 @@ class ParamCollector:
     def reset(self) -> None:
         """Forget the current step's captures."""
         self.grad_norms: list[torch.Tensor | None] = [None] * len(self.named)
+        self.failed: set[int] = set()  # gradient norms whose measurement failed this step: left out
         self.before: list[torch.Tensor] | None = None
         self.before_norms: list[torch.Tensor] | None = None
 
@@ -68,15 +73,17 @@ class ParamCollector:
         (before clipping), or the optimizer's step pre-hook in plain loops.
         """
         ids = range(len(self.named)) if params is None else [self.index[id(p)] for p in params if id(p) in self.index]
-        todo = [i for i in ids if self.grad_norms[i] is None]
+        todo = [i for i in ids if self.grad_norms[i] is None and i not in self.failed]
+        self.failed.update(todo)  # until measured: a failure below must not later read as "no gradient" (0)
         with_grad = [i for i in todo if self.named[i][1].grad is not None]
         if with_grad:
-            vals = norms([self.named[i][1].grad.detach() for i in with_grad])  # type: ignore[union-attr]
+            vals = norms([local(self.named[i][1].grad.detach()) for i in with_grad])  # type: ignore[union-attr]
             for j, i in enumerate(with_grad):
                 self.grad_norms[i] = vals[j]
         for i in todo:
             if self.grad_norms[i] is None:  # no gradient reached this parameter
-                self.grad_norms[i] = torch.zeros((), device=self.named[i][1].device)
+                self.grad_norms[i] = torch.zeros((), device=local(self.named[i][1]).device)
+        self.failed.difference_update(todo)
 
     # -- update ratio ----------------------------------------------------------------
     def snapshot(self) -> None:
@@ -89,7 +96,7 @@ class ParamCollector:
             return
         with torch.no_grad():
             if self.mode == "exact":
-                live = [p.detach() for _, p in self.named]
+                live = [local(p.detach()) for _, p in self.named]
                 buf = self._buffer
                 if (
                     buf is None
@@ -102,7 +109,7 @@ class ParamCollector:
                 self._buffer = buf
                 self.before = buf
             else:
-                self.before = [p.detach().reshape(-1)[self._indices(p)].clone() for _, p in self.named]
+                self.before = [local(p.detach()).reshape(-1)[self._indices(p)].clone() for _, p in self.named]
 
     def release_buffer(self) -> None:
         """Free the exact-mode weight copy (called when the next step is not a logging step)."""
@@ -111,6 +118,7 @@ class ParamCollector:
     def _indices(self, p: torch.Tensor) -> torch.Tensor:
         idx = self._sample_idx.get(id(p))
         if idx is None:
+            p = local(p)  # FSDP: this rank's shard
             n = p.numel()
             gen = torch.Generator().manual_seed(n)
             idx = torch.randperm(n, generator=gen)[: self.samples].to(p.device) if n > self.samples else None
@@ -126,16 +134,18 @@ class ParamCollector:
         """
         if not self.named:
             return [], []
-        self.capture_grads()  # parameters outside every optimizer, or no optimizer hook
+        with contextlib.suppress(Exception):  # a failure here was reported where the gradients were final
+            self.capture_grads()  # parameters outside every optimizer, or no optimizer hook
         names = [n for n, _ in self.named]
-        keys: list[tuple[str, str]] = [(n, "grad_norm") for n in names]
-        values: list[torch.Tensor] = list(self.grad_norms)  # type: ignore[arg-type]
+        measured = [i for i, g in enumerate(self.grad_norms) if g is not None]
+        keys: list[tuple[str, str]] = [(names[i], "grad_norm") for i in measured]
+        values: list[torch.Tensor] = [self.grad_norms[i] for i in measured]  # type: ignore[misc]
         with torch.no_grad():
             if self.before is None:
                 keys += [(n, "weight_norm") for n in names]
-                values += torch._foreach_norm([as_float(p.detach()) for _, p in self.named])
+                values += torch._foreach_norm([as_float(local(p.detach())) for _, p in self.named])
             else:
-                live = [p.detach() for _, p in self.named]
+                live = [local(p.detach()) for _, p in self.named]
                 # sample indices are keyed by the parameter itself (a detached view is a new object each call)
                 after = (
                     live

@@ -45,7 +45,8 @@ import torch
 from torch import nn
 
 from nndiag.collect.activations import ActivationCollector
-from nndiag.collect.facts import module_facts
+from nndiag.collect.distributed import Combined, LocalCombiner, RankCombiner, StepPayload, local
+from nndiag.collect.facts import clean_name, module_facts
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
 from nndiag.config import RecorderConfig
@@ -65,8 +66,11 @@ class Recorder:
         schedule: Schedule = None,
         guard: ErrorGuard | None = None,
         start_step: int = 0,
+        combiner: LocalCombiner | RankCombiner | None = None,
+        init_facts: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.config = config or RecorderConfig()
+        self.combiner = combiner or LocalCombiner()
         self.should_log = resolve_schedule(schedule)
         self.guard = guard or ErrorGuard()
         self.submit = submit
@@ -85,13 +89,19 @@ class Recorder:
         self._pending_losses: list[torch.Tensor] = []
         self._pending_steps: list[int] = []
         self._facts_sent = False
-        self._init_facts: dict[str, dict[str, Any]] = {}
+        self._step_lrs: dict[int, list[Any]] = {}  # logging steps: each optimizer's lrs as its step used them
+        self._payload: StepPayload | None = None  # distributed: this rank's statistics awaiting the exchange
+        self._start_step = start_step
+        # a run that starts past step 0 (resumed) has trained weights: its "initial" weights are the
+        # original run's (passed in) or unknown, never the weights it resumes with
+        self._init_facts: dict[str, dict[str, Any]] = dict(init_facts or {})
         self.closed = False
 
     # -- setup / teardown ------------------------------------------------------------
     def attach(self) -> None:
         """Register forward hooks and optimizer step hooks; record the initial weights' statistics."""
-        self._init_facts = self.guard.run("initial weight statistics", initial_weight_facts, self.model) or {}
+        if self._start_step == 0:
+            self._init_facts = self.guard.run("initial weight statistics", initial_weight_facts, self.model) or {}
         self.acts.attach()
         for opt in self.optimizers:
             pre = getattr(opt, "register_step_pre_hook", None)
@@ -135,6 +145,7 @@ class Recorder:
 
     def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._logging and not self.closed:
+            self._step_lrs.setdefault(id(optimizer), [_lr_copy(g.get("lr")) for g in optimizer.param_groups])
             if _step_closure(optimizer, args, kwargs) is None:  # with a closure, backward runs inside step(): too early
                 self.guard.run(
                     "gradient statistics",
@@ -172,13 +183,17 @@ class Recorder:
                 self._micro_losses = []
                 self.acts.reset()
                 self._acts_done = False
+                self._step_lrs = {}
             return
         self.guard.run("step", self._finish_step)
+        if self.combiner.distributed:
+            self._exchange()  # outside every guard site: a rank must never skip a collective the others enter
         # even if finishing the step failed: nothing of this step may leak into the next one
         self._micro_losses = []
         self.acts.reset()
         self.params.reset()
         self.step += 1
+        self._step_lrs = {}
         self._stepped = False
         self._grads_captured = False
         self._acts_done = False
@@ -207,14 +222,35 @@ class Recorder:
             self._pending_losses.append(loss)
             self._pending_steps.append(self.step)
         if self._logging:
-            # a site of its own: failing statistics must cost neither this step's loss nor (once the
-            # site is switched off) the losses of all later steps
-            self.guard.run("step statistics", self._send_logging_step)
-            self._flush_losses()  # no-op when the logging packet carried the losses
+            if self.combiner.distributed:
+                self._payload = self.guard.run("step statistics", self._local_step)  # exchanged in end_batch
+            else:
+                # a site of its own: failing statistics must cost neither this step's loss nor (once the
+                # site is switched off) the losses of all later steps
+                self.guard.run("step statistics", self._send_logging_step)
+                self._flush_losses()  # no-op when the logging packet carried the losses
             if not self.guard.run("schedule", self.should_log, self.step + 1):
                 self.params.release_buffer()  # the weight copy lives only through runs of logging steps
-        elif len(self._pending_losses) >= self.config.max_pending_losses:
+        elif not self.combiner.distributed and len(self._pending_losses) >= self.config.max_pending_losses:
             self._flush_losses()
+
+    def _exchange(self) -> None:
+        """Distributed: combine this rank's statistics with the others' (every rank, same steps).
+
+        Due on logging steps, and every ``max_pending_losses`` steps for the losses alone: both
+        depend only on the step count, which every rank shares.
+        """
+        combiner = self.combiner
+        assert isinstance(combiner, RankCombiner)
+        base = self.step if combiner.loss_base is None else combiner.loss_base
+        if not (self._logging or self.step - base + 1 >= self.config.max_pending_losses):
+            return
+        payload, self._payload = self._payload, None
+        taken = self.guard.run("loss", self._take_losses)
+        losses, steps = taken if taken is not None else (None, [])
+        combined = combiner.exchange(self.step, payload, losses, steps)
+        if combined is not None:
+            self.guard.run("step statistics", self._submit, combined)
 
     def _flush_losses(self) -> None:
         if self._pending_losses:
@@ -231,13 +267,23 @@ class Recorder:
         return losses, steps
 
     def _send_logging_step(self) -> None:
-        act_keys, act_vals, extras = self.acts.pack()
-        par_keys, par_vals = self.params.pack()
-        keys = act_keys + par_keys
-        scalars = act_vals + par_vals
+        payload = self._local_step()
+        losses, loss_steps = self._take_losses()
+        self._submit(Combined(payload, losses, loss_steps))
+
+    def _local_step(self) -> StepPayload:
+        """This rank's statistics of the current logging step (on the device; nothing sent yet)."""
+        # each part is its own site: a failing part costs only its own statistics
+        acts = self.guard.run("activation packing", self.acts.pack) or ([], [], [])
+        pars = self.guard.run("parameter statistics", self.params.pack) or ([], [])
+        keys = acts[0] + pars[0]
+        scalars = acts[1] + pars[1]
+        extras = acts[2]
         for k, opt in enumerate(self.optimizers):
+            used = self._step_lrs.get(id(opt))
             for j, group in enumerate(opt.param_groups):
-                lr = group.get("lr")
+                # the learning rate the step used (read before it ran: a scheduler may have stepped since)
+                lr = used[j] if used is not None and j < len(used) else group.get("lr")
                 name = (
                     f"optimizer{k}.group{j}" if len(self.optimizers) > 1 or len(opt.param_groups) > 1 else "optimizer"
                 )
@@ -251,14 +297,31 @@ class Recorder:
         if self.config.histograms:
             names, hists = self.acts.histograms_packed()
             hist_keys = [(n, "act_hist") for n in names]
-        losses, loss_steps = self._take_losses()
-        if losses is not None and scalars:
-            losses = losses.to(scalars[0].device)
-        packet = Packet.build(
-            self.step, losses, loss_steps, keys, scalars, extras, hist_keys, hists, self.config.histogram_bins
+        peaks = {}
+        if self.combiner.distributed:  # per-unit maxima: a unit is dead only if dead on every rank
+            peaks = {n: a.peak for n, a in self.acts.acc.items() if a.peak is not None}
+        return StepPayload(keys, scalars, extras, hist_keys, hists, peaks)
+
+    def _submit(self, step: Combined) -> None:
+        """Hand one (combined) step to the writer as a single packet; model facts after the first."""
+        p = step.payload or StepPayload()
+        losses = step.losses
+        if losses is not None and p.values:
+            losses = losses.to(p.values[0].device)
+        self.submit(
+            Packet.build(
+                self.step,
+                losses,
+                step.loss_steps,
+                p.keys,
+                p.values,
+                p.extras,
+                p.hist_keys,
+                p.hists,
+                self.config.histogram_bins,
+            )
         )
-        self.submit(packet)
-        if not self._facts_sent:
+        if step.payload is not None and not self._facts_sent:
             self._facts_sent = True
             facts = self.guard.run("model facts", self.facts)
             if facts is not None:
@@ -279,12 +342,12 @@ class Recorder:
         _link_activations(layers, ff.order)
         in_opt = {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
         params = {
-            n: {
+            clean_name(n): {
                 "shape": list(p.shape),
                 "numel": p.numel(),
                 "trainable": p.requires_grad,
                 "in_optimizer": id(p) in in_opt,
-                "layer": n.rsplit(".", 1)[0] if "." in n else "",
+                "layer": clean_name(n).rsplit(".", 1)[0] if "." in clean_name(n) else "",
             }
             for n, p in self.model.named_parameters()
         }
@@ -299,7 +362,14 @@ class Recorder:
             "optimizers": [_optimizer_facts(o) for o in self.optimizers],
             "model_class": type(self.model).__name__,
             "init": self._init_facts,
+            "resumed_at": self._start_step or None,
+            "world_size": self.combiner.world_size,
         }
+
+
+def _lr_copy(lr: Any) -> Any:
+    """A learning rate as it is now (tensor learning rates are updated in place by schedulers)."""
+    return lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
 
 
 def _step_closure(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
@@ -331,7 +401,9 @@ def initial_weight_facts(model: nn.Module | None) -> dict[str, dict[str, Any]]:
         for name, p in model.named_parameters():
             if nn.parameter.is_lazy(p) or p.numel() == 0 or not p.is_floating_point():
                 continue  # lazy modules' parameters do not exist before the first forward pass
-            w = p.detach().float()
+            w = local(p.detach()).float()  # FSDP: this rank's shard (no collective)
+            if w.numel() == 0:
+                continue
             flat = w.reshape(w.shape[0], -1) if w.dim() >= 2 else None
             if flat is not None and flat.shape[0] >= 2:
                 identical = (flat - flat[:1]).abs().amax() == 0
@@ -339,7 +411,7 @@ def initial_weight_facts(model: nn.Module | None) -> dict[str, dict[str, Any]]:
                 identical = w.new_zeros((), dtype=torch.bool)
             std = w.std(correction=0) if w.numel() > 1 else w.new_zeros(())
             rows.append(torch.stack([w.mean(), std, w.abs().amax(), identical.float()]))
-            names.append(name)
+            names.append(clean_name(name))
     if not rows:
         return {}
     values = torch.stack([r.to(rows[0].device) for r in rows]).tolist()

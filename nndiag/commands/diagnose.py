@@ -11,6 +11,7 @@ from typing import Any
 from nndiag.advisor import fails
 from nndiag.commands import EXIT_OK, EXIT_PROBLEMS
 from nndiag.commands.jsonout import dumps
+from nndiag.commands.textout import echo
 from nndiag.diagnosis import SEVERITIES
 from nndiag.store.reader import load_run
 
@@ -45,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps({"run": str(loaded.path), "diagnoses": [d.to_dict() for d in diagnoses]}, indent=2))
     else:
-        print(f"{loaded.path}: {len(diagnoses)} {'diagnosis' if len(diagnoses) == 1 else 'diagnoses'}")
+        echo(f"{loaded.path}: {len(diagnoses)} {'diagnosis' if len(diagnoses) == 1 else 'diagnoses'}")
         for d in diagnoses:
-            print(f"  {d.one_line()}")
+            echo(f"  {d.one_line()}")
             for fix in d.suggestions:
-                print(f"      - {fix}")
+                echo(f"      - {fix}")
     return EXIT_PROBLEMS if fails(diagnoses, args.fail_on) else EXIT_OK

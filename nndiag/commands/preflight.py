@@ -38,6 +38,7 @@ from torch import nn
 
 from nndiag.commands import EXIT_OK, EXIT_PROBLEMS
 from nndiag.commands.jsonout import dumps
+from nndiag.commands.textout import echo
 from nndiag.diagnosis import SEVERITIES
 
 LOSSES: dict[str, Callable[[], Any]] = {
@@ -109,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         lr_find=args.lr_find,
         advisor_config=args.config,
     )
-    print(dumps(report.to_dict(), indent=2) if args.json else str(report))
+    if args.json:
+        print(dumps(report.to_dict(), indent=2))
+    else:
+        echo(report)
     return EXIT_PROBLEMS if report.fails(args.fail_on) else EXIT_OK
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from nndiag.advisor import fails
 from nndiag.commands import EXIT_OK, EXIT_PROBLEMS
 from nndiag.commands.diagnose import add_fail_on
+from nndiag.commands.textout import echo
 
 
 def register(sub: Any) -> None:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         written = write_comparison(reports, args.out or ".", formats)
     for r in reports:
-        print(f"{r.name}: {r.verdict.headline}")
+        echo(f"{r.name}: {r.verdict.headline}")
     for fmt, path in written.items():
-        print(f"{fmt}: {path}")
+        echo(f"{fmt}: {path}")
     return EXIT_PROBLEMS if any(fails(r.diagnoses, args.fail_on) for r in reports) else EXIT_OK

@@ -7,6 +7,7 @@ from typing import Any
 
 from nndiag.commands import EXIT_OK
 from nndiag.commands.jsonout import dumps
+from nndiag.commands.textout import echo
 from nndiag.store.reader import load_run
 from nndiag.summary import ACTIVATION_STATS, PARAMETER_STATS, layer_summary, render_text, run_overview
 
@@ -38,22 +39,22 @@ def run(args: argparse.Namespace) -> int:
     note = (
         "" if status == "finished" else f" (status: {status}; the run did not finish cleanly, showing what was stored)"
     )
-    print(f"{loaded.path}{note}")
+    echo(f"{loaded.path}{note}")
     loss = (
         f"; loss {overview['loss_first']:.4g} -> {overview['loss_last']:.4g}"
         if overview["loss_first"] is not None
         else ""
     )
-    print(
+    echo(
         f"{overview['optimizer_steps']} optimizer steps, {overview['logging_steps']} logging steps, "
         f"{overview['layers']} layers{loss}"
     )
     if not summary.empty:
-        print("\nActivations (first -> last logging step):")
-        print(render_text(summary, ACTIVATION_STATS))
-        print("\nParameters (first -> last logging step):")
-        print(render_text(summary, PARAMETER_STATS))
-    print(f"\n{len(loaded.diagnoses)} {'diagnosis' if len(loaded.diagnoses) == 1 else 'diagnoses'}")
+        echo("\nActivations (first -> last logging step):")
+        echo(render_text(summary, ACTIVATION_STATS))
+        echo("\nParameters (first -> last logging step):")
+        echo(render_text(summary, PARAMETER_STATS))
+    echo(f"\n{len(loaded.diagnoses)} {'diagnosis' if len(loaded.diagnoses) == 1 else 'diagnoses'}")
     for d in loaded.diagnoses:
-        print(f"  {d.one_line()}")
+        echo(f"  {d.one_line()}")
     return EXIT_OK

@@ -16,6 +16,7 @@ from typing import Any
 
 from nndiag.commands import EXIT_OK
 from nndiag.commands.jsonout import dumps
+from nndiag.commands.textout import echo
 
 
 def register(sub: Any) -> None:
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         doc["html"] = args.html
         print(dumps(doc, indent=2))
     else:
-        print(render_text(report))
+        echo(render_text(report))
         if args.html:
-            print(f"\nHTML page: {args.html}")
+            echo(f"\nHTML page: {args.html}")
     return EXIT_OK

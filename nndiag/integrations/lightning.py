@@ -32,12 +32,14 @@ from typing import Any
 
 import pandas as pd
 
+from nndiag.collect.distributed import agree
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
 from nndiag.integrations.options import build_config, clean_hparams
 from nndiag.log import get_logger
+from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
@@ -137,7 +139,7 @@ class _DiagnosticsCallbackImpl:
         self.config = build_config(config, options)
         self.guard = ErrorGuard()
         self.session: Session | None = None
-        self._restored_step: int | None = None  # set by load_state_dict (resume), used by the next fit
+        self._resume: ResumeState | None = None  # set by load_state_dict (resume), used by the next fit
         self._previous: tuple[str, int] | None = None  # (log dir, steps) of the last fit
         self._empty = MemoryHistory()
         self.diagnoses: list[Diagnosis] = []
@@ -158,13 +160,23 @@ class _DiagnosticsCallbackImpl:
     # -- Lightning hooks -------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.guard.run("callback start", self._start, trainer, pl_module)
+        if self.config.distributed:
+            self._agree_on_start()
+
+    def _agree_on_start(self) -> None:
+        """Distributed: every rank set up, or none combines (a collective no rank may skip)."""
+        started = self.session is not None and not self.session.closed
+        if not agree(started) and started:
+            assert self.session is not None
+            self.session.combiner.broken = True
+            if self.session.combiner.writer:
+                get_logger().warning("nndiag: a rank failed to start recording; rank 0 records its own batch only.")
 
     def _start(self, trainer: Any, pl_module: Any) -> None:
         if self.session is not None and not self.session.closed:
             self.session.close()
-        if not trainer.is_global_zero:
-            return  # only rank 0 records for now (distributed aggregation is tracked separately)
-        if self.preflight is not False:
+        # every rank records (DDP/FSDP: statistics are combined at each logging step); rank 0 writes
+        if self.preflight is not False and trainer.is_global_zero:
             self.preflight_report = self.guard.run("preflight", self._preflight, trainer, pl_module)
         writer = None
         if self.config.tensorboard:
@@ -185,11 +197,12 @@ class _DiagnosticsCallbackImpl:
             tb_writer=writer,
             meta=meta,
             start_step=self._first_step(trainer.log_dir),
+            resume=self._resume,
             guard=self.guard,
             advice=build_advice(*self._advice_args),
         )
         self.stop_reason = None
-        self._restored_step = None
+        self._resume = None
         self.diagnoses = self.session.diagnoses
 
     def _preflight(self, trainer: Any, pl_module: Any) -> Any:
@@ -203,8 +216,8 @@ class _DiagnosticsCallbackImpl:
 
     def _first_step(self, log_dir: str | None) -> int:
         """Resume: the checkpoint's step; another fit into the same run dir: continue; else 0."""
-        if self._restored_step is not None:
-            return self._restored_step
+        if self._resume is not None:
+            return self._resume.step
         if self._previous is not None and self._previous[0] == str(log_dir):
             return self._previous[1]
         return 0
@@ -274,16 +287,20 @@ class _DiagnosticsCallbackImpl:
 
     # -- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        step = self.session.step if self.session is not None else (self._restored_step or 0)
-        return {"nndiag_state_version": 1, "step": step}
+        """The step reached, the run directory and the open diagnoses (saved in Lightning checkpoints)."""
+        if self.session is None:
+            return (self._resume or ResumeState()).to_state_dict()
+        return self.session.resume_state().to_state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        step = state_dict.get("step")
-        if isinstance(step, int) and step >= 0:
-            self._restored_step = step
-        else:
+        """Restore on ``fit(ckpt_path=...)``: numbering, open diagnoses, and the run store continues the run."""
+        try:
+            self._resume = ResumeState.from_state_dict(state_dict)
+        except ValueError as exc:
             warnings.warn(
-                "nndiag: ignoring an unreadable callback state in the checkpoint.", NndiagInternalWarning, stacklevel=2
+                f"nndiag: ignoring an unreadable callback state in the checkpoint: {exc}.",
+                NndiagInternalWarning,
+                stacklevel=2,
             )
 
 

@@ -40,10 +40,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from nndiag.collect.distributed import writes_here
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
 from nndiag.integrations.options import build_config, clean_hparams
+from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
 
@@ -68,6 +70,8 @@ class Monitor:
         config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields.
         diagnose, advisor_config, num_classes, halt_on: as for :class:`~nndiag.DiagnosticsCallback`;
             with ``halt_on``, check ``mon.should_stop`` in the loop.
+        resume: a :meth:`state_dict` saved with a checkpoint: numbering, open diagnoses and (when its
+            directory still exists) the run store continue from it.
         hparams: the run's hyperparameters (``{"lr": 3e-4, "batch_size": 64}``), kept in the run
             store (``load_run(...).meta["hparams"]``) for ``nndiag sweep`` and the report.
 
@@ -86,6 +90,7 @@ class Monitor:
         num_classes: int | None = None,
         halt_on: Iterable[str] | str = (),
         hparams: Mapping[str, Any] | None = None,
+        resume: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -103,7 +108,17 @@ class Monitor:
         cfg = build_config(config, options)
         advice = build_advice(diagnose, advisor_config, num_classes, halt_on)
         self.halt_on = halt_codes(halt_on)
-        run_dir = next_version_dir(log_dir) if log_dir is not None else None
+        state = None
+        if resume is not None:
+            try:
+                state = ResumeState.from_state_dict(dict(resume) if isinstance(resume, Mapping) else resume)
+            except ValueError as exc:
+                raise ValueError(f"resume must be a Monitor.state_dict() saved with your checkpoint: {exc}.") from None
+        # torch.distributed: every rank records (statistics are combined), rank 0 alone writes the run
+        run_dir = None
+        if log_dir is not None and writes_here():
+            continued = state.continued_dir() if state is not None else None
+            run_dir = continued if continued is not None else next_version_dir(log_dir)
         self.session = Session(
             model,
             optimizers,
@@ -112,6 +127,7 @@ class Monitor:
             schedule=schedule,
             meta={"framework": "torch", "hparams": clean_hparams(hparams)},
             advice=advice,
+            resume=state,
         )
         self.session.begin_batch()
 
@@ -163,6 +179,14 @@ class Monitor:
     def steps(self) -> int:
         """Optimizer steps counted so far."""
         return self.session.step
+
+    def state_dict(self) -> dict[str, Any]:
+        """Save this with your checkpoint; ``Monitor(..., resume=state)`` continues the run from it.
+
+        Holds the optimizer steps counted (the schedule's position), the run directory and the open
+        diagnoses, as plain data (``torch.save`` / JSON friendly).
+        """
+        return self.session.resume_state().to_state_dict()
 
     def close(self, status: str = "finished") -> None:
         """Flush everything and remove all hooks (idempotent; ``with`` does it for you)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Any
 
 
@@ -34,6 +35,25 @@ def png_data_uri(fig: Any, dpi: int = 100) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plain_text(text: object) -> str:
+    r"""A model-supplied string as literal matplotlib text: never mathtext, no control characters.
+
+    Unescaped, a layer or hyperparameter named ``a$\frac{$`` makes matplotlib parse it as a formula
+    and raise while the figure is saved, which would take down the whole report; so every ``$`` is
+    escaped. Line breaks become spaces (a tick label stays one line) and other control characters
+    are shown as ``\xNN`` (the fonts have no glyph for them).
+
+    Example:
+        >>> plain_text("fc$\\alpha$\n\x1b")
+        'fc\\$\\alpha\\$ \\x1b'
+    """
+    out = str(text).replace("$", r"\$")
+    return _CONTROL.sub(lambda m: " " if m.group() in "\r\n\t" else f"\\x{ord(m.group()):02x}", out)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def img_tag(fig: Any, alt: str, dpi: int = 100) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.render.figure import new_figure
+from nndiag.render.figure import new_figure, plain_text
 from nndiag.report.layers import StatMatrix
 
 HEALTHY_UPDATE_RATIO = 1e-3  # the lecture's target, the white middle of the update-ratio colour scale
@@ -73,7 +73,7 @@ def _tick_labels(ax: Any, names: list[str]) -> None:
     stride = max(1, int(np.ceil(len(names) / MAX_TICK_LABELS)))
     idx = np.arange(0, len(names), stride)
     ax.set_yticks(idx)
-    ax.set_yticklabels([names[i] if len(names[i]) <= 28 else "…" + names[i][-27:] for i in idx], fontsize=7)
+    ax.set_yticklabels([plain_text(names[i] if len(names[i]) <= 28 else "…" + names[i][-27:]) for i in idx], fontsize=7)
 
 
 def heatmap_figure(m: StatMatrix, title: str) -> Any:
@@ -155,7 +155,7 @@ def depth_figure(
     stride = max(1, int(np.ceil(len(names) / MAX_TICK_LABELS)))
     ax.set_xticks(x[::stride])
     ax.set_xticklabels(
-        [n if len(n) <= 20 else "…" + n[-19:] for n in names[::stride]], rotation=60, ha="right", fontsize=7
+        [plain_text(n if len(n) <= 20 else "…" + n[-19:]) for n in names[::stride]], rotation=60, ha="right", fontsize=7
     )
     ax.set_xlabel("depth (forward order)")
     ax.set_ylabel(ylabel)
@@ -175,11 +175,11 @@ def overlay_figure(curves: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | 
         ok = np.isfinite(loss)
         if ok.any():
             ax.plot(steps[ok], loss[ok], color=color, lw=0.6, alpha=0.35)
-            ax.plot(steps[ok], trend(loss[ok]), color=color, lw=2.0, label=label)
+            ax.plot(steps[ok], trend(loss[ok]), color=color, lw=2.0, label=plain_text(label))
             arrays.append(loss[ok])
         if vsteps is not None and vloss is not None and np.isfinite(vloss).any():
             vok = np.isfinite(vloss)
-            ax.plot(vsteps[vok], vloss[vok], "--", color=color, lw=1.4, label=f"{label} (validation)")
+            ax.plot(vsteps[vok], vloss[vok], "--", color=color, lw=1.4, label=plain_text(f"{label} (validation)"))
             arrays.append(vloss[vok])
     if arrays and _log_y_wanted(*arrays):
         ax.set_yscale("log")

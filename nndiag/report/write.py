@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -82,10 +84,22 @@ def draw_pictures(report: RunReport) -> list[RenderedPicture]:
 
 
 def _write(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: readers never see a half-written report.
+
+    The temporary file is created new (``O_CREAT | O_EXCL``, random name: an existing file or link is
+    never opened), so a link planted in a run folder cannot redirect the write; the final rename
+    replaces a link at ``path`` itself rather than writing through it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # readers never see a half-written report
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

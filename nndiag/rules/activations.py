@@ -222,15 +222,19 @@ def activation_collapse(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     if m.empty or not segments:
         return []
     dead = view.matrix("dead_frac")
+    # Only the trailing run of collapsed steps matters (see sustained_since): walk back from the last
+    # logging step and stop at the first step without a collapse, so a check does not grow with the run.
     found: dict[int, tuple[list[str], float]] = {}
-    for step, row in m.iterrows():
+    m = m.sort_index()
+    for step in reversed(m.index):
         dead_row = dead.loc[step] if not dead.empty and step in dead.index else None
-        hit = _collapse_at(row, dead_row, segments, cfg)
-        if hit is not None:
-            found[int(step)] = hit
-    start = sustained_since(pd.Series([int(s) in found for s in m.index], index=m.index), cfg.sustained_checks)
-    if start is None:
+        hit = _collapse_at(m.loc[step], dead_row, segments, cfg)
+        if hit is None:
+            break
+        found[int(step)] = hit
+    if not found or len(found) < cfg.sustained_checks:
         return []
+    start = min(found)
     last = int(m.index[-1])
     chain, per_layer = found[last]
     stds = m.loc[last]

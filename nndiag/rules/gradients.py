@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from nndiag.diagnosis import Diagnosis
@@ -67,15 +68,19 @@ def _ratios(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[str
     if g.empty or len(weights) < 2:
         return g, pd.Series(dtype=float), {}
     gw = g[weights]
-    live = (gw > 0) & gw.map(math.isfinite)
+    # vectorised over the logging steps (a per-step loop made each check grow ~0.1 ms per logging step)
+    vals = gw.to_numpy(dtype=float)
+    live = np.isfinite(vals) & (vals > 0)
     usable = live.sum(axis=1) >= 2
-    live = live[usable]
-    if live.empty:
+    if not usable.any():
         return g, pd.Series(dtype=float), {}
-    first = live.idxmax(axis=1)
-    last = live[live.columns[::-1]].idxmax(axis=1)
-    pairs = {int(s): (str(first[s]), str(last[s])) for s in live.index}
-    ratio = pd.Series({s: float(gw.loc[s, a]) / float(gw.loc[s, b]) for s, (a, b) in pairs.items()}, dtype=float)
+    vals, live = vals[usable], live[usable]
+    steps = [int(s) for s in gw.index[usable]]
+    first = live.argmax(axis=1)  # the first weight tensor with a live gradient at each step
+    last = live.shape[1] - 1 - live[:, ::-1].argmax(axis=1)
+    rows = np.arange(len(steps))
+    ratio = pd.Series(vals[rows, first] / vals[rows, last], index=steps, dtype=float)
+    pairs = {s: (weights[a], weights[b]) for s, a, b in zip(steps, first.tolist(), last.tolist(), strict=True)}
     return g, ratio, pairs
 
 
@@ -133,7 +138,7 @@ def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     grads = h[h.stat == "grad_norm"]
     if grads.empty:
         return []
-    nonfinite = grads[~grads.value.map(lambda v: math.isfinite(float(v)))]
+    nonfinite = grads[~np.isfinite(grads.value.to_numpy(dtype=float))]
     steps = pd.Index(sorted(grads.step.unique()))
     bad_steps = set(nonfinite.step.unique())
     start = sustained_since(pd.Series([s in bad_steps for s in steps], index=steps), 1)
@@ -260,7 +265,9 @@ def vanishing_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     if squashing:
         fixes.insert(0, relu)
     if not ratio.empty:
-        first_abs = pd.Series({s: float(g.loc[s, pairs[s][0]]) for s in ratio.index}, dtype=float)
+        rows = g.index.get_indexer(ratio.index)
+        cols = g.columns.get_indexer([pairs[s][0] for s in ratio.index])
+        first_abs = pd.Series(g.to_numpy(dtype=float)[rows, cols], index=ratio.index, dtype=float)
         start = sustained_since((ratio < cfg.vanish_ratio) & (first_abs < cfg.vanish_abs), k)
         if start is not None:
             last = int(ratio.index[-1])

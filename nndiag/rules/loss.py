@@ -484,6 +484,8 @@ def initial_loss_off(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     if loss.empty or not math.isfinite(float(loss.iloc[0])):
         return []
     step0, loss0 = int(loss.index[0]), float(loss.iloc[0])
+    if step0 > 0:
+        return []  # the run's start was not recorded (resumed without its earlier history): no initial loss
     classes = softmax_classes(view, cfg, loss0)
     if classes is None:
         return []

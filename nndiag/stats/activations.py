@@ -29,6 +29,9 @@ import math
 
 import torch
 
+# True while torch.compile traces the calling code (torch < 2.3 has no such test: never)
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
 # activation family -> (low, high) bounds of the non-saturated region; None = unbounded side.
 SATURATION_RULES: dict[str, tuple[float | None, float | None]] = {
     "tanh": (-0.99, 0.99),
@@ -58,7 +61,8 @@ def sufficient_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
     The non-finite count is ``None`` when it is known to be 0: on CPU, a finite sum and norm
     are checked directly (a CPU scalar read costs no device sync); on accelerators the count
-    is always computed (branching there would synchronise).
+    is always computed (branching there would synchronise), and so it is while ``torch.compile``
+    traces the hooks (a scalar read would break the graph).
 
     Example:
         >>> import torch
@@ -72,7 +76,7 @@ def sufficient_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     xf = as_float(x)
     total = xf.sum()
     sq = torch.linalg.vector_norm(xf)
-    if xf.is_cpu and math.isfinite(total.item()) and math.isfinite(sq.item()):
+    if xf.is_cpu and not _is_compiling() and math.isfinite(total.item()) and math.isfinite(sq.item()):
         return total, sq, None
     return total, sq, xf.numel() - torch.isfinite(xf).sum()
 

@@ -2,7 +2,9 @@
 
 ``torch.histc`` needs its range as Python numbers (a host sync); here the edges are
 built from on-device min/max, so the whole histogram stays on the device until
-the packed transfer.
+the packed transfer. Non-finite values are left out by masking (no data-dependent
+shapes), so the same code runs without a sync on accelerators and inside a
+``torch.compile`` graph.
 
 Example:
     >>> import torch
@@ -27,13 +29,18 @@ def histogram(x: torch.Tensor, bins: int = 30, max_elements: int = 1 << 20) -> t
     if flat.numel() > max_elements:
         flat = flat[:: (flat.numel() + max_elements - 1) // max_elements]
     flat = flat.float()
-    # CPU: drop non-finite values; accelerators: zero them (boolean indexing would sync).
-    flat = flat[torch.isfinite(flat)] if flat.is_cpu else torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
     if flat.numel() == 0:
         return torch.zeros(2 * bins + 1, device=x.device)
-    lo, hi = torch.aminmax(flat)
+    # Non-finite values are masked out rather than dropped: boolean indexing would synchronise
+    # with an accelerator and break a torch.compile graph (data-dependent shape).
+    finite = torch.isfinite(flat)
+    any_finite = finite.any()
+    lo = torch.where(finite, flat, torch.inf).amin()
+    hi = torch.where(finite, flat, -torch.inf).amax()
+    lo = torch.where(any_finite, lo, 0.0)
+    hi = torch.where(any_finite, hi, 0.0)
     span = torch.clamp(hi - lo, min=1e-12)
-    edges = lo + span * torch.linspace(0, 1, bins + 1, device=flat.device)
-    idx = ((flat - lo) / span * bins).long().clamp_(0, bins - 1)
-    counts = torch.zeros(bins, device=flat.device).scatter_add_(0, idx, torch.ones_like(flat))
+    edges = torch.where(any_finite, lo + span * torch.linspace(0, 1, bins + 1, device=flat.device), 0.0)
+    idx = ((torch.where(finite, flat, lo) - lo) / span * bins).long().clamp_(0, bins - 1)
+    counts = torch.zeros(bins, device=flat.device).scatter_add_(0, idx, finite.float())
     return torch.cat([edges, counts])

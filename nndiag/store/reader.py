@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -84,9 +85,22 @@ def find_store(path: str | Path) -> Path:
     raise RunNotFoundError(f"{p} holds {len(found)} nndiag runs; pass one of them: {listing}")
 
 
+def _readonly_uri(path: Path) -> str:
+    """An SQLite URI opening ``path`` read-only; ``?``, ``#`` and ``%`` in folder names are percent-encoded.
+
+    Unquoted, a folder named ``x?mode=rwc`` would turn the rest of the path into URI parameters and open
+    (or create) a different file read-write.
+
+    Example:
+        >>> _readonly_uri(Path("/runs/a?mode=rwc#/nndiag.sqlite"))
+        'file:/runs/a%3Fmode%3Drwc%23/nndiag.sqlite?mode=ro'
+    """
+    return f"file:{quote(str(path.absolute()), safe='/')}?mode=ro"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(_readonly_uri(path), uri=True)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return conn
     except sqlite3.Error:
@@ -124,7 +138,7 @@ def load_run(path: str | Path, max_steps: int | None = None) -> LoadedRun:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"meta", "series", "scalars"} <= tables:
             raise CorruptRunError(f"{store} is an SQLite file but not an nndiag run store (tables missing).")
-        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        meta = {k: _json(store, f"meta {k!r}", v) for k, v in conn.execute("SELECT key, value FROM meta")}
         version = meta.get("schema_version")
         if isinstance(version, int) and version > SCHEMA_VERSION:
             raise CorruptRunError(
@@ -136,13 +150,55 @@ def load_run(path: str | Path, max_steps: int | None = None) -> LoadedRun:
         diagnoses = []
         if "diagnoses" in tables:
             for (data,) in conn.execute("SELECT data FROM diagnoses ORDER BY step, code"):
-                diagnoses.append(Diagnosis.from_dict(json.loads(data)))
+                diagnoses.append(_diagnosis(store, data))
     except sqlite3.DatabaseError as exc:
         raise CorruptRunError(f"{store} is damaged and cannot be read ({exc}).") from exc
     finally:
         conn.close()
     facts = meta.pop("facts", {}) or {}
+    for key, value in (("facts", facts), ("hparams", meta.get("hparams") or {})):
+        if not isinstance(value, dict):
+            raise CorruptRunError(f"{store} is damaged: its {key} are a {type(value).__name__}, not a mapping.")
     return LoadedRun(history=history, diagnoses=diagnoses, facts=facts, meta=meta, path=store)
+
+
+def _json(store: Path, what: str, text: Any) -> Any:
+    """JSON text read from the store (never anything that executes code: no pickle, no eval)."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise CorruptRunError(f"{store} is damaged: {what} is not JSON ({exc}).") from exc
+
+
+_DIAGNOSIS_TYPES: dict[str, tuple[type, ...]] = {
+    "code": (str,),
+    "step": (int,),
+    "layer": (str, type(None)),
+    "message": (str,),
+    "evidence": (dict,),
+    "suggestions": (list,),
+    "last_step": (int, type(None)),
+    "count": (int,),
+    "resolved": (bool,),
+}
+
+
+def _diagnosis(store: Path, text: Any) -> Diagnosis:
+    """One stored diagnosis, its fields type-checked (a crafted store must not break the renderers)."""
+    data = _json(store, "a diagnosis", text)
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a {type(data).__name__}, not an object")
+        diagnosis = Diagnosis.from_dict(data)
+        for name, types in _DIAGNOSIS_TYPES.items():
+            value = getattr(diagnosis, name)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise TypeError(f"{name} is {value!r}")
+        if not all(isinstance(x, str) for x in diagnosis.suggestions):
+            raise TypeError("a suggestion is not text")
+    except (TypeError, ValueError) as exc:
+        raise CorruptRunError(f"{store} is damaged: a stored diagnosis cannot be read ({exc}).") from exc
+    return diagnosis
 
 
 _SELECT = (

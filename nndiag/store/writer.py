@@ -115,6 +115,17 @@ class RunStore:
         )
         self._conn.execute("COMMIT")
 
+    def truncate_from(self, step: int) -> int:
+        """Delete the rows of steps >= ``step`` (a resumed run redoes them); returns how many went.
+
+        Diagnoses are kept: the advisor updates or resolves them as the resumed run goes on.
+        """
+        self.flush()
+        self._conn.execute("BEGIN")
+        gone = self._conn.execute("DELETE FROM scalars WHERE step >= ?", (int(step),)).rowcount
+        self._conn.execute("COMMIT")
+        return int(gone)
+
     def flush(self) -> None:
         """Commit buffered rows in one transaction."""
         if not self._pending:

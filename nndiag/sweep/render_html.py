@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nndiag.render.figure import img_tag, new_figure
+from nndiag.render.figure import img_tag, new_figure, plain_text
 from nndiag.render.page import esc, page
 from nndiag.sweep.analysis import ParamAdvice, SweepReport
 from nndiag.sweep.trials import Trial, fmt
@@ -64,8 +64,8 @@ def _plot(report: SweepReport, p: ParamAdvice) -> str:
             ax.axvline(edge, color="#5f6368", linestyle="--", linewidth=0.8)
     if p.next_low is not None and p.next_high is not None:
         ax.axvspan(p.next_low, p.next_high, color="#1b7f3b", alpha=0.12, label="next range")
-    ax.set_xlabel(p.name + (" (log scale)" if p.log else ""))
-    ax.set_ylabel(s.objective)
+    ax.set_xlabel(plain_text(p.name + (" (log scale)" if p.log else "")))
+    ax.set_ylabel(plain_text(s.objective))
     ax.legend(fontsize=7, loc="best")
     alt = f"{s.objective} against {p.name}"
     caption = f"{s.objective} against {p.name}; dashed: searched range; green: suggested next range."

@@ -2,8 +2,11 @@
 
 * Optuna: the search space comes from the trials' distributions (``log=True`` means log space,
   the bounds are the declared range). nndiag diagnosis codes come from the user attribute
-  ``nndiag_diagnoses`` that :mod:`nndiag.integrations.optuna` sets (or, failing that, from the
-  run store named by ``nndiag_log_dir``).
+  ``nndiag_diagnoses`` that :mod:`nndiag.integrations.optuna` sets. A path stored in the study
+  (``nndiag_log_dir``) is never opened: what a study says must not decide which files nndiag reads.
+  Optuna's relational storage keeps attributes and distributions as JSON (no pickle); nndiag
+  opens a SQLite file with it only after checking, read-only, that the file holds an Optuna
+  study (Optuna would otherwise create its tables in any SQLite file it is given).
 * Run folder: every ``nndiag.sqlite`` under the folder is one trial; its hyperparameters are
   ``meta["hparams"]``. The range of each numeric hyperparameter is the observed one; it counts
   as log-scaled when all values are positive and span more than one decade. The objective is the
@@ -20,8 +23,10 @@ Example:
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -86,6 +91,7 @@ def from_optuna(storage: str, study: str | None = None) -> Sweep:
         db = Path(storage[len("sqlite:///") :])
         if not db.is_file():  # optuna would silently create an empty database
             raise FileNotFoundError(f"{db} does not exist; pass the SQLite file your study was stored in.")
+        _check_optuna_sqlite(db)
     try:
         names = optuna.study.get_all_study_names(storage=storage)
     except Exception as exc:
@@ -103,6 +109,30 @@ def from_optuna(storage: str, study: str | None = None) -> Sweep:
     elif study not in names:
         raise ValueError(f"no study named {study!r} in {storage}; studies there: {', '.join(names)}.")
     return from_study(optuna.load_study(study_name=study, storage=storage), source=storage)
+
+
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+
+
+def _check_optuna_sqlite(db: Path) -> None:
+    """Raise ``ValueError`` unless ``db`` is an SQLite file holding Optuna's tables (checked read-only).
+
+    Optuna's ``RDBStorage`` creates its tables and version rows in whatever database it opens, so
+    handing it an nndiag run store or another SQLite file would modify that file.
+    """
+    uri = f"file:{quote(str(db.absolute()), safe='/')}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise ValueError(f"{db} is not a readable SQLite file ({exc}); pass the Optuna study's database.") from None
+    if "scalars" in tables and "series" in tables:
+        raise ValueError(f"{db} is an nndiag run store, not an Optuna study; pass the folder of runs instead.")
+    if not tables >= OPTUNA_TABLES:
+        raise ValueError(f"{db} holds no Optuna study (its tables are missing); pass the study's database.")
 
 
 def from_study(study: Any, source: str = "(in memory)") -> Sweep:
@@ -144,13 +174,7 @@ def _trial_codes(attrs: dict[str, Any]) -> tuple[str, ...]:
     codes = attrs.get("nndiag_diagnoses")
     if isinstance(codes, list):
         return tuple(str(c) for c in codes)
-    log_dir = attrs.get("nndiag_log_dir")
-    if isinstance(log_dir, str) and (Path(log_dir) / STORE_FILENAME).is_file():
-        try:
-            return tuple(sorted({d.code for d in load_run(log_dir).diagnoses}))
-        except Exception:
-            return ()
-    return ()
+    return ()  # nndiag_log_dir is shown nowhere and never opened: a stored path is not trusted
 
 
 def _param_of(name: str, dists: list[Any], optuna: Any) -> Param:

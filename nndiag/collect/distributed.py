@@ -1,0 +1,489 @@
+"""Combining every rank's statistics into one logging step (DDP, FSDP, multi-node).
+
+Lightning's strategies (or ``torchrun``) start the processes; nndiag only notices that
+``torch.distributed`` is initialised. Every rank then records its own batch, and at each
+logging step the ranks exchange **one packed all-reduce** (a sum over a ``float64`` vector,
+on the device the statistics live on) that the encoding below turns into the right
+combination for each statistic:
+
+================================  ==============  ============================================
+statistic                         sent as         combined (on rank 0)
+================================  ==============  ============================================
+element count, sum, non-finite    value           sum (so means/stds are over the global batch)
+and saturated counts
+L2 norm of the outputs            squared         ``sqrt`` of the sum
+per-unit "ever active"            ``max > 0``     a unit is dead only if dead on every rank
+"has negative values"             ``min < 0``     any rank
+loss of each step                 value, count    mean over the ranks that had a loss
+grad / weight / update norms of   value           mean (DDP: gradients are already averaged
+replicated parameters (DDP)                       and the weights identical on every rank)
+the same of sharded parameters    squared         ``sqrt`` of the sum (FSDP: each rank holds a
+(FSDP ``DTensor``, FSDP1)                         shard; the global norm is ``sqrt(sum_r n_r^2)``)
+================================  ==============  ============================================
+
+Three numbers lead the vector: how many ranks had statistics, how many local statistics
+had no slot in the agreed layout, and rank 0's vote to halt (``halt_on``). The layout (which
+statistic sits where) is agreed once, with ``all_gather_object``, at the first exchange,
+and again only after some rank reported statistics without a slot (a module that runs on
+one rank only, say); between those, a statistic missing on a rank contributes zeros.
+
+Deadlock safety: the collective runs on every rank at every exchange whatever happened
+locally. A rank whose own statistics failed sends zeros (it is not counted); a failing
+collective switches combining off on that rank with one warning, and rank 0 then records
+its own batch only. Nothing here runs outside the optimizer steps that every rank counts
+identically (logging steps of a deterministic schedule), and nothing runs at close.
+
+Example (a single process: nothing to combine, the payload passes through):
+    >>> from nndiag.collect.distributed import combiner_for
+    >>> c = combiner_for(None)
+    >>> c.distributed, c.writer
+    (False, True)
+
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nndiag.guard import NndiagInternalWarning
+
+SUM, SQUARES, MEAN, ANY = "sum", "squares", "mean", "any"
+HEADER = 3  # ranks with statistics, unplaced statistics, halt vote
+# norms of parameters: replicated ones are averaged, sharded ones combined as sqrt(sum of squares)
+PARAM_NORMS = frozenset({"grad_norm", "weight_norm", "_wb", "_wbs", "_delta"})
+ACT_SUMS = {"_n": SUM, "_sum": SUM, "_nonfinite": SUM, "_sat": SUM, "_sq": SQUARES}
+
+
+@dataclass
+class StepPayload:
+    """One rank's statistics of one step, before combining (everything still on the device)."""
+
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    extras: list[tuple[str, str, float]] = field(default_factory=list)
+    hist_keys: list[tuple[str, str]] = field(default_factory=list)
+    hists: list[torch.Tensor] = field(default_factory=list)
+    unit_peaks: dict[str, torch.Tensor] = field(default_factory=dict)  # per-unit maxima (dead units)
+
+
+@dataclass
+class Combined:
+    """What rank 0 writes for one exchange: statistics and losses of the global batch."""
+
+    payload: StepPayload | None
+    losses: torch.Tensor | None
+    loss_steps: list[int]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one statistic sits in the exchanged vector, and how it is combined."""
+
+    layer: str
+    stat: str
+    op: str
+    length: int = 1
+
+
+class LocalCombiner:
+    """A single process: statistics pass through unchanged."""
+
+    distributed = False
+    writer = True
+    rank = 0
+    world_size = 1
+    agreed_halt = False
+    broken = False
+
+    def __init__(self) -> None:
+        self.vote: Callable[[], bool] | None = None
+
+
+def combiner_for(model: torch.nn.Module | None, enabled: bool = True) -> LocalCombiner | RankCombiner:
+    """A :class:`RankCombiner` when ``torch.distributed`` runs more than one process, else a :class:`LocalCombiner`.
+
+    With ``enabled=False`` in a distributed run, rank 0 records its own batch only and the other
+    ranks record nothing (no collective at all).
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return LocalCombiner()
+    if not enabled:
+        local = LocalCombiner()
+        local.writer = dist.get_rank() == 0
+        local.rank = dist.get_rank()
+        return local
+    return RankCombiner(sharded_parameters(model) if model is not None else set())
+
+
+def writes_here() -> bool:
+    """Whether this process writes the run (rank 0 of a ``torch.distributed`` run, or no distributed run).
+
+    Example:
+        >>> writes_here()
+        True
+
+    """
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def sharded_parameters(model: torch.nn.Module) -> set[str]:
+    """Names of parameters of which each rank holds only a shard (FSDP2 ``DTensor``, FSDP1 views).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> sharded_parameters(nn.Linear(2, 2))
+        set()
+
+    """
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
+    except ImportError:  # pragma: no cover - torch without distributed
+        FSDP1 = ()  # type: ignore[assignment,misc]
+    if any(isinstance(m, FSDP1) for m in model.modules()):
+        return {n for n, _ in model.named_parameters()}
+    return {n for n, p in model.named_parameters() if is_dtensor(p)}
+
+
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded parameter or gradient)."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t`` (the shard of a ``DTensor``; any other tensor as it is).
+
+    Example:
+        >>> import torch
+        >>> local(torch.ones(2)).tolist()
+        [1.0, 1.0]
+
+    """
+    return t.to_local() if is_dtensor(t) else t  # type: ignore[attr-defined]
+
+
+class RankCombiner:
+    """Exchanges one packed all-reduce per logging step; rank 0 gets the global batch's statistics."""
+
+    distributed = True
+
+    def __init__(self, sharded: Iterable[str] = (), group: Any = None) -> None:
+        dist = torch.distributed
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.writer = self.rank == 0
+        self.sharded = set(sharded)
+        self.layout: list[Slot] | None = None
+        self.renegotiate = False
+        self.broken = False
+        self.agreed_halt = False
+        self.vote: Callable[[], bool] | None = None  # rank 0: does a halt_on diagnosis hold?
+        self.loss_base: int | None = None  # first step whose loss has not been exchanged yet
+        self.exchanges = 0
+        self.negotiations = 0
+        self.unplaced_seen = 0
+        self._pending_header: tuple[torch.Tensor, Any] | None = None
+        self._warned: set[str] = set()
+
+    # -- the exchange ----------------------------------------------------------------
+    def exchange(
+        self,
+        step: int,
+        payload: StepPayload | None,
+        losses: torch.Tensor | None,
+        loss_steps: list[int],
+        device: torch.device | None = None,
+    ) -> Combined | None:
+        """Combine this step's statistics (and the losses since the last exchange) over all ranks.
+
+        Runs the collective on every rank whatever ``payload`` is (``None``: this rank's statistics
+        failed). Returns what rank 0 writes; ``None`` on the other ranks. Never raises.
+        """
+        base = step if self.loss_base is None else self.loss_base
+        self.loss_base = step + 1
+        if self.broken:
+            return Combined(payload, losses, loss_steps) if self.writer else None
+        device = device or _device_of(payload, losses)
+        try:
+            self._absorb_header()
+            spec = self._spec(payload) if payload is not None else None
+            if self.layout is None or self.renegotiate:
+                self.layout = self._negotiate(spec)
+                self.renegotiate = False
+            vec, slots_used = self._encode(payload, spec, losses, loss_steps, base, step, device)
+        except Exception as exc:  # a local failure: still take part in the collective with zeros
+            self._warn("encode", exc)
+            vec, slots_used = self._zeros(base, step, device), False
+        try:
+            torch.distributed.all_reduce(vec, group=self.group)
+        except Exception as exc:
+            self.broken = True
+            self._warn("collective", exc, "statistics are no longer combined across ranks; rank 0 records its own")
+            return Combined(payload, losses, loss_steps) if self.writer else None
+        self.exchanges += 1
+        self._keep_header(vec)
+        if not self.writer:
+            return None
+        try:
+            return self._decode(vec, payload if slots_used else None, loss_steps, base, step)
+        except Exception as exc:
+            self._warn("decode", exc)
+            return Combined(payload, losses, loss_steps)
+
+    # -- layout ----------------------------------------------------------------------
+    def _spec(self, payload: StepPayload) -> list[Slot]:
+        """The slots this rank's statistics need, in a deterministic order."""
+        slots: list[Slot] = []
+        layers_with_sum: list[str] = []
+        for (layer, stat), value in zip(payload.keys, payload.values, strict=True):
+            if stat == "_dead":
+                peak = payload.unit_peaks.get(layer)
+                if peak is not None:
+                    slots.append(Slot(layer, "_active", ANY, int(peak.numel())))
+            elif stat == "_min":
+                slots.append(Slot(layer, "_neg", ANY))
+            elif stat in ACT_SUMS:
+                slots.append(Slot(layer, stat, ACT_SUMS[stat]))
+                if stat == "_sum":
+                    layers_with_sum.append(layer)
+            elif stat in PARAM_NORMS:
+                slots.append(Slot(layer, stat, SQUARES if layer in self.sharded else MEAN))
+            elif value.numel() == 1:
+                slots.append(Slot(layer, stat, MEAN))  # e.g. a tensor learning rate: the same on every rank
+        have = {(s.layer, s.stat) for s in slots}
+        for layer in layers_with_sum:  # non-finite counts exist only when non-zero on CPU: give them a slot always
+            if (layer, "_nonfinite") not in have:
+                slots.append(Slot(layer, "_nonfinite", SUM))
+        for layer, stat, _ in payload.extras:
+            if stat == "_n":
+                slots.append(Slot(layer, "_n", SUM))
+        return slots
+
+    def _negotiate(self, spec: list[Slot] | None) -> list[Slot]:
+        """Agree on the union of every rank's slots (rank order, then each rank's order)."""
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, spec, group=self.group)
+        self.negotiations += 1
+        layout: dict[tuple[str, str], Slot] = {}
+        for rank_spec in gathered:
+            for s in rank_spec or []:
+                key = (s.layer, s.stat)
+                old = layout.get(key)
+                if old is None or s.length > old.length:
+                    layout[key] = s if old is None else Slot(s.layer, s.stat, old.op, s.length)
+        return list(layout.values())
+
+    # -- encoding / decoding ---------------------------------------------------------
+    def _zeros(self, base: int, step: int, device: torch.device) -> torch.Tensor:
+        width = HEADER + 2 * (step - base + 1) + sum(s.length for s in self.layout or [])
+        return torch.zeros(width, dtype=torch.float64, device=device)
+
+    def _encode(
+        self,
+        payload: StepPayload | None,
+        spec: list[Slot] | None,
+        losses: torch.Tensor | None,
+        loss_steps: list[int],
+        base: int,
+        step: int,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, bool]:
+        assert self.layout is not None
+        n_loss = step - base + 1
+        vec = self._zeros(base, step, device)
+        head = [0.0, 0.0, 0.0]
+        if self.writer and self.vote is not None and self._safe_vote():
+            head[2] = 1.0
+        if losses is not None and loss_steps:
+            idx = [s - base for s in loss_steps]
+            keep = [i for i, k in enumerate(idx) if 0 <= k < n_loss]
+            if keep:
+                pos = torch.tensor([idx[i] for i in keep], device=device)
+                vals = losses.reshape(-1)[torch.tensor(keep, device=losses.device)].to(device, torch.float64)
+                vec[HEADER + pos] = vals
+                vec[HEADER + n_loss + pos] = 1.0
+        if payload is None or spec is None:
+            vec[:HEADER] = torch.tensor(head, dtype=torch.float64, device=device)
+            return vec, False
+        local = self._local_values(payload)
+        host = {(layer, "_n"): float(v) for layer, stat, v in payload.extras if stat == "_n"}
+        placed = 0
+        offset = HEADER + 2 * n_loss
+        pieces: list[torch.Tensor] = []
+        index: list[int] = []
+        host_vals: list[float] = list(head)
+        host_index: list[int] = list(range(HEADER))
+        for s in self.layout:
+            key = (s.layer, s.stat)
+            value = local.get(key)
+            if key in host and s.length == 1:  # values known on the host: one copy for all of them
+                host_vals.append(host[key])
+                host_index.append(offset)
+                placed += 1
+            elif value is not None and value.numel() == s.length:
+                pieces.append(_encoded(value, s.op).reshape(-1))
+                index.extend(range(offset, offset + s.length))
+                placed += 1
+            offset += s.length
+        if pieces:
+            flat = torch.cat([p.to(device, torch.float64) for p in pieces])
+            vec[torch.tensor(index, device=device)] = flat
+        host_vals[0] = 1.0
+        host_vals[1] = float(len(spec) - placed)
+        vec[torch.tensor(host_index, device=device)] = torch.tensor(host_vals, dtype=torch.float64).to(device)
+        return vec, True
+
+    def _local_values(self, payload: StepPayload) -> dict[tuple[str, str], torch.Tensor]:
+        out: dict[tuple[str, str], torch.Tensor] = {}
+        for (layer, stat), value in zip(payload.keys, payload.values, strict=True):
+            if stat == "_dead":
+                peak = payload.unit_peaks.get(layer)
+                if peak is not None:
+                    out[(layer, "_active")] = peak.reshape(-1) > 0
+            elif stat == "_min":
+                out[(layer, "_neg")] = value < 0
+            else:
+                out[(layer, stat)] = value
+            if stat == "_sum" and (layer, "_nonfinite") not in out:
+                out[(layer, "_nonfinite")] = torch.zeros((), device=value.device)
+        return out
+
+    def _decode(
+        self, vec: torch.Tensor, payload: StepPayload | None, loss_steps: list[int], base: int, step: int
+    ) -> Combined:
+        assert self.layout is not None
+        n_loss = step - base + 1
+        sums, counts = vec[HEADER : HEADER + n_loss], vec[HEADER + n_loss : HEADER + 2 * n_loss]
+        losses = None
+        if loss_steps:
+            idx = torch.tensor([s - base for s in loss_steps], device=vec.device)
+            c = counts[idx]
+            losses = torch.where(c > 0, sums[idx] / c.clamp(min=1), torch.full_like(c, float("nan")))
+        if payload is None:  # rank 0's own statistics failed: write the losses only
+            return Combined(None, losses, list(loss_steps))
+        ranks = vec[0].clamp(min=1)
+        keys: list[tuple[str, str]] = []
+        values: list[torch.Tensor] = []
+        extras = [e for e in payload.extras if e[1] not in ("_n", "_units")]
+        offset = HEADER + 2 * n_loss
+        for s in self.layout:
+            v = vec[offset : offset + s.length]
+            offset += s.length
+            if s.stat == "_active":
+                keys.append((s.layer, "_dead"))
+                values.append(s.length - (v > 0).sum())
+                extras.append((s.layer, "_units", float(s.length)))
+            elif s.stat == "_neg":
+                keys.append((s.layer, "_min"))
+                values.append(torch.where(v[0] > 0, -1.0, 0.0))
+            elif s.op == SQUARES:
+                keys.append((s.layer, s.stat))
+                values.append(v[0].clamp(min=0).sqrt())
+            elif s.op == MEAN:
+                keys.append((s.layer, s.stat))
+                values.append(v[0] / ranks)
+            else:
+                keys.append((s.layer, s.stat))
+                values.append(v[0])
+        combined = StepPayload(keys, values, extras, payload.hist_keys, payload.hists)
+        return Combined(combined, losses, list(loss_steps))
+
+    # -- header (read one exchange late on accelerators: no device sync) -------------
+    def _keep_header(self, vec: torch.Tensor) -> None:
+        head = vec[:HEADER]
+        if head.device.type == "cuda":
+            host = torch.empty(HEADER, dtype=torch.float64, pin_memory=True)
+            host.copy_(head, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending_header = (host, event)
+        else:
+            self._pending_header = (head.cpu(), None)
+            self._absorb_header()
+
+    def _absorb_header(self) -> None:
+        if self._pending_header is None:
+            return
+        host, event = self._pending_header
+        self._pending_header = None
+        if event is not None:
+            event.synchronize()
+        _, unplaced, halt = host.tolist()
+        if unplaced > 0:
+            self.renegotiate = True
+            self.unplaced_seen += int(unplaced)
+        if halt > 0:
+            self.agreed_halt = True
+
+    def _safe_vote(self) -> bool:
+        try:
+            return bool(self.vote()) if self.vote is not None else False
+        except Exception as exc:
+            self._warn("halt vote", exc)
+            return False
+
+    def _warn(self, what: str, exc: BaseException, consequence: str = "this step's statistics may be partial") -> None:
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        warnings.warn(
+            f"nndiag: combining statistics across ranks failed on rank {self.rank} ({what}: "
+            f"{type(exc).__name__}: {exc}); {consequence}. Training continues.",
+            NndiagInternalWarning,
+            stacklevel=3,
+        )
+
+
+def _encoded(value: torch.Tensor, op: str) -> torch.Tensor:
+    v = value.detach().to(torch.float64)
+    if op == SQUARES:
+        return v * v
+    return v  # sums, means and "any" indicators (already 0/1) travel as they are
+
+
+def _device_of(payload: StepPayload | None, losses: torch.Tensor | None) -> torch.device:
+    if payload is not None and payload.values:
+        return payload.values[0].device
+    if losses is not None:
+        return losses.device
+    return _collective_device()
+
+
+def agree(ok: bool, group: Any = None) -> bool:
+    """Whether every rank says ``ok`` (one small all-reduce; ``ok`` itself outside ``torch.distributed``).
+
+    The adapters call it on every rank after setting up, so that a rank whose set-up failed
+    switches combining off everywhere instead of leaving the others waiting in the first exchange.
+
+    Example:
+        >>> agree(True)
+        True
+
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) <= 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=_collective_device())
+    try:
+        dist.all_reduce(flag, group=group)
+    except Exception as exc:
+        warnings.warn(
+            f"nndiag: ranks could not agree at start ({type(exc).__name__}: {exc}); statistics are not combined.",
+            NndiagInternalWarning,
+            stacklevel=2,
+        )
+        return False
+    return float(flag.item()) == 0.0
+
+
+def _collective_device() -> torch.device:
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
