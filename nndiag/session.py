@@ -86,8 +86,9 @@ class Session:
         self.diagnoses: list[Diagnosis] = advice.diagnoses if advice is not None else []
         if self.log_dir is not None and (self.config.store or (self.config.tensorboard and tb_writer is None)):
             self.log_dir = self._writable(self.log_dir)
+        meta = {**(meta or {}), "world_size": self.combiner.world_size}
         if self.combiner.world_size > 1:
-            meta = {**(meta or {}), "world_size": self.combiner.world_size, "combined": self.combiner.distributed}
+            meta["combined"] = self.combiner.distributed
         store = self._open_store(meta) if self.config.store and self.log_dir is not None else None
         tb = self._open_tensorboard(tb_writer) if self.config.tensorboard else None
         self.pipeline = Pipeline(

@@ -55,10 +55,8 @@ def loader(
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
 
 
-def fit(
-    pkg: str, module: Any, train: Any, callbacks: list[Any], root: Any, val: Any = None, **trainer_kwargs: Any
-) -> Any:
-    """Fit quietly on CPU with a TensorBoardLogger under ``root``; returns the trainer."""
+def make_trainer(pkg: str, root: Any, callbacks: list[Any], **trainer_kwargs: Any) -> Any:
+    """A quiet one-epoch CPU ``Trainer`` of package ``pkg`` with a TensorBoardLogger under ``root``."""
     L = lightning(pkg)
     kwargs: dict[str, Any] = {
         "max_epochs": 1,
@@ -71,10 +69,17 @@ def fit(
         "num_sanity_val_steps": 0,
     }
     kwargs.update(trainer_kwargs)
+    return L.Trainer(callbacks=callbacks, **kwargs)
+
+
+def fit(
+    pkg: str, module: Any, train: Any, callbacks: list[Any], root: Any, val: Any = None, **trainer_kwargs: Any
+) -> Any:
+    """Fit quietly on CPU with a TensorBoardLogger under ``root``; returns the trainer."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
-        trainer = L.Trainer(callbacks=callbacks, **kwargs)
+        trainer = make_trainer(pkg, root, callbacks, **trainer_kwargs)
         trainer.fit(module, train, val)
     return trainer
 

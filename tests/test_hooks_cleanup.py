@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import fit, lightning, loader, make_module
+from helpers import fit, lightning, loader, make_module, make_trainer
 from torch import nn
 
 from nndiag import DiagnosticsCallback, Monitor, load_run
@@ -312,17 +312,7 @@ def test_lightning_user_exception_propagates(pkg: str, where: str, tmp_path: Any
 
         module.training_step = training_step
     cb = DiagnosticsCallback(schedule=1)
-    L = lightning(pkg)
-    trainer = L.Trainer(
-        callbacks=[cb],
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=L.loggers.TensorBoardLogger(str(tmp_path)),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    trainer = make_trainer(pkg, tmp_path, [cb])
     with pytest.raises(UserError, match="boom"):
         trainer.fit(module, loader(x, y, 8))
 

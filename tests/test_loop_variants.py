@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from helpers import fit, lightning, loader, stat
+from helpers import fit, lightning, loader, make_trainer, stat
 from torch import nn
 
 from nndiag import DiagnosticsCallback, Monitor, load_run
@@ -210,20 +210,14 @@ def lifecycle_run(pkg: str, root: Any, around: bool) -> tuple[Any, pd.DataFrame,
 
     Returns the callback, its history right after fit, and its history at the end.
     """
-    L = lightning(pkg)
     x, y = blobs(n=8 * N_LIFECYCLE, features=8, classes=3, seed=3)
     far = loader(x[:16] + 50.0, y[:16], 8)  # evaluation inputs far off: they would show in the input statistics
     module = lifecycle_module(pkg)
     cb = DiagnosticsCallback()
-    trainer = L.Trainer(
-        callbacks=[cb],
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=L.loggers.TensorBoardLogger(str(root)),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
+    trainer = make_trainer(
+        pkg,
+        root,
+        [cb],
         num_sanity_val_steps=2 if around else 0,
         val_check_interval=5 if around else 1.0,
         limit_val_batches=2 if around else 0,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import fit, lightning, loader, make_module
+from helpers import fit, lightning, loader, make_module, make_trainer
 from torch import nn
 
 from nndiag import DiagnosticsCallback, Monitor, load_run
@@ -43,17 +43,7 @@ class SaveAt:
 
 
 def trainer(pkg: str, root: Path, callbacks: list[Any], max_epochs: int) -> Any:
-    L = lightning(pkg)
-    return L.Trainer(
-        callbacks=callbacks,
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=L.loggers.TensorBoardLogger(str(root)),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    return make_trainer(pkg, root, callbacks, max_epochs=max_epochs)
 
 
 def dead_mlp() -> nn.Module:

@@ -115,7 +115,7 @@ def combiner_for(model: torch.nn.Module | None, enabled: bool = True) -> LocalCo
         return LocalCombiner()
     if not enabled:
         local = LocalCombiner()
-        local.writer = dist.get_rank() == 0
+        local.writer = writes_here()
         local.rank = dist.get_rank()
         return local
     return RankCombiner(sharded_parameters(model) if model is not None else set())
@@ -193,31 +193,35 @@ class RankCombiner:
         self._warned: set[str] = set()
 
     # -- the exchange ----------------------------------------------------------------
+    def steps_pending(self, step: int) -> int:
+        """Steps whose losses the next exchange (at ``step``) carries: those since the last exchange."""
+        return 1 if self.loss_base is None else step - self.loss_base + 1
+
     def exchange(
         self,
         step: int,
         payload: StepPayload | None,
         losses: torch.Tensor | None,
         loss_steps: list[int],
-        device: torch.device | None = None,
     ) -> Combined | None:
         """Combine this step's statistics (and the losses since the last exchange) over all ranks.
 
         Runs the collective on every rank whatever ``payload`` is (``None``: this rank's statistics
         failed). Returns what rank 0 writes; ``None`` on the other ranks. Never raises.
         """
-        base = step if self.loss_base is None else self.loss_base
+        base = step + 1 - self.steps_pending(step)
         self.loss_base = step + 1
         if self.broken:
             return Combined(payload, losses, loss_steps) if self.writer else None
-        device = device or _device_of(payload, losses)
+        device = _device_of(payload, losses)
         try:
             self._absorb_header()
-            spec = self._spec(payload) if payload is not None else None
+            entries = self._entries(payload) if payload is not None else None
+            spec = None if entries is None else [Slot(*key, op, _length(v)) for key, (op, v) in entries.items()]
             if self.layout is None or self.renegotiate:
                 self.layout = self._negotiate(spec)
                 self.renegotiate = False
-            vec, slots_used = self._encode(payload, spec, losses, loss_steps, base, step, device)
+            vec, slots_used = self._encode(entries, losses, loss_steps, base, step, device)
         except Exception as exc:  # a local failure: still take part in the collective with zeros
             self._warn("encode", exc)
             vec, slots_used = self._zeros(base, step, device), False
@@ -238,33 +242,33 @@ class RankCombiner:
             return Combined(payload, losses, loss_steps)
 
     # -- layout ----------------------------------------------------------------------
-    def _spec(self, payload: StepPayload) -> list[Slot]:
-        """The slots this rank's statistics need, in a deterministic order."""
-        slots: list[Slot] = []
-        layers_with_sum: list[str] = []
+    def _entries(self, payload: StepPayload) -> dict[tuple[str, str], tuple[str, torch.Tensor | float]]:
+        """This rank's statistics as they are exchanged: ``(layer, stat) -> (how combined, value)``.
+
+        Per-unit maxima become "ever active" indicators and minima "has negatives"; every layer gets a
+        non-finite count (on CPU it exists only when non-zero); element counts are host floats.
+        """
+        out: dict[tuple[str, str], tuple[str, torch.Tensor | float]] = {}
         for (layer, stat), value in zip(payload.keys, payload.values, strict=True):
             if stat == "_dead":
                 peak = payload.unit_peaks.get(layer)
                 if peak is not None:
-                    slots.append(Slot(layer, "_active", ANY, int(peak.numel())))
+                    out[(layer, "_active")] = (ANY, peak.reshape(-1) > 0)
             elif stat == "_min":
-                slots.append(Slot(layer, "_neg", ANY))
+                out[(layer, "_neg")] = (ANY, value < 0)
             elif stat in ACT_SUMS:
-                slots.append(Slot(layer, stat, ACT_SUMS[stat]))
-                if stat == "_sum":
-                    layers_with_sum.append(layer)
+                out[(layer, stat)] = (ACT_SUMS[stat], value)
             elif stat in PARAM_NORMS:
-                slots.append(Slot(layer, stat, SQUARES if layer in self.sharded else MEAN))
+                out[(layer, stat)] = (SQUARES if layer in self.sharded else MEAN, value)
             elif value.numel() == 1:
-                slots.append(Slot(layer, stat, MEAN))  # e.g. a tensor learning rate: the same on every rank
-        have = {(s.layer, s.stat) for s in slots}
-        for layer in layers_with_sum:  # non-finite counts exist only when non-zero on CPU: give them a slot always
-            if (layer, "_nonfinite") not in have:
-                slots.append(Slot(layer, "_nonfinite", SUM))
-        for layer, stat, _ in payload.extras:
+                out[(layer, stat)] = (MEAN, value)  # e.g. a tensor learning rate: the same on every rank
+        for layer, stat in list(out):
+            if stat == "_sum":
+                out.setdefault((layer, "_nonfinite"), (SUM, 0.0))
+        for layer, stat, v in payload.extras:
             if stat == "_n":
-                slots.append(Slot(layer, "_n", SUM))
-        return slots
+                out[(layer, "_n")] = (SUM, float(v))
+        return out
 
     def _negotiate(self, spec: list[Slot] | None) -> list[Slot]:
         """Agree on the union of every rank's slots (rank order, then each rank's order)."""
@@ -287,8 +291,7 @@ class RankCombiner:
 
     def _encode(
         self,
-        payload: StepPayload | None,
-        spec: list[Slot] | None,
+        entries: dict[tuple[str, str], tuple[str, torch.Tensor | float]] | None,
         losses: torch.Tensor | None,
         loss_steps: list[int],
         base: int,
@@ -309,11 +312,9 @@ class RankCombiner:
                 vals = losses.reshape(-1)[torch.tensor(keep, device=losses.device)].to(device, torch.float64)
                 vec[HEADER + pos] = vals
                 vec[HEADER + n_loss + pos] = 1.0
-        if payload is None or spec is None:
+        if entries is None:
             vec[:HEADER] = torch.tensor(head, dtype=torch.float64, device=device)
             return vec, False
-        local = self._local_values(payload)
-        host = {(layer, "_n"): float(v) for layer, stat, v in payload.extras if stat == "_n"}
         placed = 0
         offset = HEADER + 2 * n_loss
         pieces: list[torch.Tensor] = []
@@ -321,13 +322,13 @@ class RankCombiner:
         host_vals: list[float] = list(head)
         host_index: list[int] = list(range(HEADER))
         for s in self.layout:
-            key = (s.layer, s.stat)
-            value = local.get(key)
-            if key in host and s.length == 1:  # values known on the host: one copy for all of them
-                host_vals.append(host[key])
+            entry = entries.get((s.layer, s.stat))
+            value = entry[1] if entry is not None else None
+            if isinstance(value, float) and s.length == 1:  # values known on the host: one copy for all of them
+                host_vals.append(value)
                 host_index.append(offset)
                 placed += 1
-            elif value is not None and value.numel() == s.length:
+            elif isinstance(value, torch.Tensor) and value.numel() == s.length:
                 pieces.append(_encoded(value, s.op).reshape(-1))
                 index.extend(range(offset, offset + s.length))
                 placed += 1
@@ -336,24 +337,9 @@ class RankCombiner:
             flat = torch.cat([p.to(device, torch.float64) for p in pieces])
             vec[torch.tensor(index, device=device)] = flat
         host_vals[0] = 1.0
-        host_vals[1] = float(len(spec) - placed)
+        host_vals[1] = float(len(entries) - placed)
         vec[torch.tensor(host_index, device=device)] = torch.tensor(host_vals, dtype=torch.float64).to(device)
         return vec, True
-
-    def _local_values(self, payload: StepPayload) -> dict[tuple[str, str], torch.Tensor]:
-        out: dict[tuple[str, str], torch.Tensor] = {}
-        for (layer, stat), value in zip(payload.keys, payload.values, strict=True):
-            if stat == "_dead":
-                peak = payload.unit_peaks.get(layer)
-                if peak is not None:
-                    out[(layer, "_active")] = peak.reshape(-1) > 0
-            elif stat == "_min":
-                out[(layer, "_neg")] = value < 0
-            else:
-                out[(layer, stat)] = value
-            if stat == "_sum" and (layer, "_nonfinite") not in out:
-                out[(layer, "_nonfinite")] = torch.zeros((), device=value.device)
-        return out
 
     def _decode(
         self, vec: torch.Tensor, payload: StepPayload | None, loss_steps: list[int], base: int, step: int
@@ -380,17 +366,17 @@ class RankCombiner:
                 keys.append((s.layer, "_dead"))
                 values.append(s.length - (v > 0).sum())
                 extras.append((s.layer, "_units", float(s.length)))
-            elif s.stat == "_neg":
+                continue
+            if s.stat == "_neg":
                 keys.append((s.layer, "_min"))
                 values.append(torch.where(v[0] > 0, -1.0, 0.0))
-            elif s.op == SQUARES:
-                keys.append((s.layer, s.stat))
+                continue
+            keys.append((s.layer, s.stat))
+            if s.op == SQUARES:
                 values.append(v[0].clamp(min=0).sqrt())
             elif s.op == MEAN:
-                keys.append((s.layer, s.stat))
                 values.append(v[0] / ranks)
             else:
-                keys.append((s.layer, s.stat))
                 values.append(v[0])
         combined = StepPayload(keys, values, extras, payload.hist_keys, payload.hists)
         return Combined(combined, losses, list(loss_steps))
@@ -439,6 +425,10 @@ class RankCombiner:
             NndiagInternalWarning,
             stacklevel=3,
         )
+
+
+def _length(value: torch.Tensor | float) -> int:
+    return 1 if isinstance(value, float) else int(value.numel())
 
 
 def _encoded(value: torch.Tensor, op: str) -> torch.Tensor:

@@ -242,8 +242,7 @@ class Recorder:
         """
         combiner = self.combiner
         assert isinstance(combiner, RankCombiner)
-        base = self.step if combiner.loss_base is None else combiner.loss_base
-        if not (self._logging or self.step - base + 1 >= self.config.max_pending_losses):
+        if not (self._logging or combiner.steps_pending(self.step) >= self.config.max_pending_losses):
             return
         payload, self._payload = self._payload, None
         taken = self.guard.run("loss", self._take_losses)
@@ -341,16 +340,16 @@ class Recorder:
             layers[name] = info
         _link_activations(layers, ff.order)
         in_opt = {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
-        params = {
-            clean_name(n): {
+        params = {}
+        for raw, p in self.model.named_parameters():
+            n = clean_name(raw)
+            params[n] = {
                 "shape": list(p.shape),
                 "numel": p.numel(),
                 "trainable": p.requires_grad,
                 "in_optimizer": id(p) in in_opt,
-                "layer": clean_name(n).rsplit(".", 1)[0] if "." in clean_name(n) else "",
+                "layer": n.rsplit(".", 1)[0] if "." in n else "",
             }
-            for n, p in self.model.named_parameters()
-        }
         return {
             "layers": layers,
             "params": params,
@@ -363,7 +362,6 @@ class Recorder:
             "model_class": type(self.model).__name__,
             "init": self._init_facts,
             "resumed_at": self._start_step or None,
-            "world_size": self.combiner.world_size,
         }
 
 

@@ -185,7 +185,6 @@ class _DiagnosticsCallbackImpl:
             "framework": _framework(trainer),
             "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", None),
             "precision": str(getattr(trainer, "precision", "")),
-            "world_size": getattr(trainer, "world_size", 1),
             "hparams": clean_hparams(getattr(pl_module, "hparams", None)),
         }
         self.session = Session(

@@ -98,7 +98,16 @@ def count_collectives() -> dict[str, int]:
     return counts
 
 
-def report(out: Path, rank: int, **fields: Any) -> None:
+def report(out: Path, rank: int, combiner: Any, collectives: dict[str, int], caught: list[Any], **fields: Any) -> None:
+    """Write this rank's ``rank<R>.json``: ``fields`` plus nndiag's exchange counters and its warnings."""
+    fields.update(
+        exchanges=getattr(combiner, "exchanges", None),
+        negotiations=getattr(combiner, "negotiations", None),
+        unplaced=getattr(combiner, "unplaced_seen", None),
+        broken=getattr(combiner, "broken", None),
+        collectives=collectives,
+        warnings=[str(w.message).splitlines()[0] for w in caught if "nndiag" in str(w.message)],
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(fields, default=str))
 
@@ -158,14 +167,12 @@ def run_lightning(args: argparse.Namespace) -> None:
     report(
         args.out,
         trainer.global_rank,
+        combiner,
+        counts,
+        caught,
         steps=trainer.global_step,
         stop_reason=cb.stop_reason,
-        exchanges=getattr(combiner, "exchanges", None),
-        negotiations=getattr(combiner, "negotiations", None),
-        broken=getattr(combiner, "broken", None),
-        collectives=counts,
         log_dir=cb.log_dir,
-        warnings=[str(w.message).splitlines()[0] for w in caught if "nndiag" in str(w.message)],
     )
 
 
@@ -212,17 +219,7 @@ def run_torch(args: argparse.Namespace) -> None:
             mon.step(loss)
         mon.close()
     combiner = mon.session.combiner
-    report(
-        args.out,
-        rank,
-        steps=mon.steps,
-        exchanges=getattr(combiner, "exchanges", None),
-        negotiations=getattr(combiner, "negotiations", None),
-        unplaced=getattr(combiner, "unplaced_seen", None),
-        collectives=counts,
-        log_dir=mon.log_dir,
-        warnings=[str(w.message).splitlines()[0] for w in caught if "nndiag" in str(w.message)],
-    )
+    report(args.out, rank, combiner, counts, caught, steps=mon.steps, log_dir=mon.log_dir)
     if distributed:
         torch.distributed.destroy_process_group()
 
