@@ -32,6 +32,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--only", nargs="*", default=None, help="scenario names (or substrings) to run")
     parser.add_argument("--details", action="store_true", help="print the full report of every failing run")
+    parser.add_argument("--json", default=None, help="write every run's diagnoses to this JSON file (to diff versions)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -277,6 +279,24 @@ def main() -> None:
             )
             if bad:
                 print(out.report() + "\n")
+    if args.json:
+        write_json(args.json, outcomes)
+
+
+def write_json(path: str, outcomes: list[Outcome]) -> None:
+    """Every run's diagnoses (all fields) and first-seen checks, sorted, so two versions can be diffed."""
+    runs = []
+    for out in outcomes:
+        runs.append(
+            {
+                "scenario": out.scenario.name,
+                "seed": out.seed,
+                "diagnoses": [d.to_dict() for d in out.diagnoses],
+                "seen": [[x.check, x.diagnosis.code, x.diagnosis.layer, x.diagnosis.severity] for x in out.seen],
+                "named_cause": out.named_cause.code if out.named_cause else None,
+            }
+        )
+    Path(path).write_text(json.dumps(runs, indent=1, sort_keys=True, default=str))
 
 
 def _met(ok: bool) -> str:
