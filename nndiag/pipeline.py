@@ -30,6 +30,7 @@ import time
 import warnings
 from typing import Any
 
+from nndiag import quantities as Q
 from nndiag.advice import AdvisorLoop
 from nndiag.advisor import by_severity
 from nndiag.collect.packet import Packet
@@ -146,7 +147,7 @@ class Pipeline:
             if self._nonfinite_seen:
                 return False
             self._nonfinite_seen = any(
-                s == "loss" and not math.isfinite(v) for s, v in zip(rows.stats, rows.value, strict=True)
+                s == Q.LOSS and not math.isfinite(v) for s, v in zip(rows.stats, rows.value, strict=True)
             )
             return self._nonfinite_seen
         if item[0] == "facts":

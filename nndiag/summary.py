@@ -15,9 +15,18 @@ from typing import Any
 
 import pandas as pd
 
-ACTIVATION_STATS = ("act_mean", "act_std", "dead_frac", "sat_frac", "nonfinite")
-PARAMETER_STATS = ("grad_norm", "weight_norm", "update_ratio")
-KEY_STATS = ACTIVATION_STATS + PARAMETER_STATS
+from nndiag import quantities as Q
+from nndiag.quantities import ACTIVATION_STATS, KEY_STATS, PARAMETER_STATS
+
+__all__ = [
+    "ACTIVATION_STATS",
+    "KEY_STATS",
+    "PARAMETER_STATS",
+    "forward_sorted",
+    "layer_summary",
+    "render_text",
+    "run_overview",
+]
 
 
 def forward_sorted(names: Iterable[str], facts: dict[str, Any] | None) -> list[str]:
@@ -57,11 +66,11 @@ def layer_summary(
 
 def run_overview(history: pd.DataFrame) -> dict[str, Any]:
     """Counts and the loss trend of a run, for the one-line headers of the CLI."""
-    loss = history[history.stat == "loss"].sort_values("step")
+    loss = history[history.stat == Q.LOSS].sort_values("step")
     return {
         "optimizer_steps": int(history.step.max()) + 1 if len(history) else 0,
-        "logging_steps": int(history[history.stat == "grad_norm_total"].step.nunique()),
-        "layers": int(history[(history.stat == "act_std") & (history.layer != "input")].layer.nunique()),
+        "logging_steps": int(history[history.stat == Q.GRAD_NORM_TOTAL].step.nunique()),
+        "layers": int(history[(history.stat == Q.ACT_STD) & (history.layer != Q.INPUT_LAYER)].layer.nunique()),
         "loss_first": float(loss.value.iloc[0]) if len(loss) else None,
         "loss_last": float(loss.value.iloc[-1]) if len(loss) else None,
     }

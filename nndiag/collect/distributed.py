@@ -50,12 +50,13 @@ from typing import Any
 
 import torch
 
+from nndiag import quantities as Q
 from nndiag.guard import NndiagInternalWarning
 
 SUM, SQUARES, MEAN, ANY = "sum", "squares", "mean", "any"
 HEADER = 3  # ranks with statistics, unplaced statistics, halt vote
 # norms of parameters: replicated ones are averaged, sharded ones combined as sqrt(sum of squares)
-PARAM_NORMS = frozenset({"grad_norm", "weight_norm", "_wb", "_wbs", "_delta"})
+PARAM_NORMS = frozenset({Q.GRAD_NORM, Q.WEIGHT_NORM, "_wb", "_wbs", "_delta"})
 ACT_SUMS = {"_n": SUM, "_sum": SUM, "_nonfinite": SUM, "_sat": SUM, "_sq": SQUARES}
 
 

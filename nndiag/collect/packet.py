@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from nndiag import quantities as Q
 from nndiag.rows import Rows
 from nndiag.stats.finalize import RAW_PREFIX, finalize_layer, total_norm
 
-GLOBAL_LAYER = ""  # layer name of run-wide statistics (loss, grad_norm_total)
+GLOBAL_LAYER = Q.RUN_LAYER  # layer name of run-wide statistics (loss, grad_norm_total)
 
 
 @dataclass
@@ -104,7 +105,7 @@ class Packet:
         n_loss = len(self.loss_steps)
         steps: list[int] = list(self.loss_steps)
         layers: list[str] = [GLOBAL_LAYER] * n_loss
-        stats: list[str] = ["loss"] * n_loss
+        stats: list[str] = [Q.LOSS] * n_loss
         values: list[float] = vals[:n_loss]
         raw: dict[str, dict[str, float]] = {}
         grad_norms: list[float] = []
@@ -114,7 +115,7 @@ class Packet:
             if stat.startswith(RAW_PREFIX):
                 raw.setdefault(layer, {})[stat] = v
                 continue
-            if stat == "grad_norm":
+            if stat == Q.GRAD_NORM:
                 grad_norms.append(v)
             layers.append(layer)
             stats.append(stat)
@@ -132,7 +133,7 @@ class Packet:
                 values.append(v)
         if grad_norms:
             layers.append(GLOBAL_LAYER)
-            stats.append("grad_norm_total")
+            stats.append(Q.GRAD_NORM_TOTAL)
             values.append(total_norm(grad_norms))
         steps += [self.step] * (len(values) - n_loss)
         return Rows(np.asarray(steps, dtype=np.int64), layers, stats, np.asarray(values, dtype=np.float64))

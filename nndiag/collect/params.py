@@ -30,6 +30,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from nndiag import quantities as Q
 from nndiag.collect.distributed import local
 from nndiag.collect.facts import clean_name
 from nndiag.stats.activations import as_float
@@ -138,11 +139,11 @@ class ParamCollector:
             self.capture_grads()  # parameters outside every optimizer, or no optimizer hook
         names = [n for n, _ in self.named]
         measured = [i for i, g in enumerate(self.grad_norms) if g is not None]
-        keys: list[tuple[str, str]] = [(names[i], "grad_norm") for i in measured]
+        keys: list[tuple[str, str]] = [(names[i], Q.GRAD_NORM) for i in measured]
         values: list[torch.Tensor] = [self.grad_norms[i] for i in measured]  # type: ignore[misc]
         with torch.no_grad():
             if self.before is None:
-                keys += [(n, "weight_norm") for n in names]
+                keys += [(n, Q.WEIGHT_NORM) for n in names]
                 values += torch._foreach_norm([as_float(local(p.detach())) for _, p in self.named])
             else:
                 live = [local(p.detach()) for _, p in self.named]

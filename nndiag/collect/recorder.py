@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nndiag import quantities as Q
 from nndiag.collect.activations import ActivationCollector
 from nndiag.collect.distributed import Combined, LocalCombiner, RankCombiner, StepPayload, local
 from nndiag.collect.facts import clean_name, module_facts
@@ -287,15 +288,15 @@ class Recorder:
                     f"optimizer{k}.group{j}" if len(self.optimizers) > 1 or len(opt.param_groups) > 1 else "optimizer"
                 )
                 if isinstance(lr, torch.Tensor):
-                    keys.append((name, "lr"))
+                    keys.append((name, Q.LR))
                     scalars.append(lr.detach())
                 elif lr is not None:
-                    extras.append((name, "lr", float(lr)))
+                    extras.append((name, Q.LR, float(lr)))
         hist_keys: list[tuple[str, str]] = []
         hists: list[torch.Tensor] = []
         if self.config.histograms:
             names, hists = self.acts.histograms_packed()
-            hist_keys = [(n, "act_hist") for n in names]
+            hist_keys = [(n, Q.ACT_HIST) for n in names]
         peaks = {}
         if self.combiner.distributed:  # per-unit maxima: a unit is dead only if dead on every rank
             peaks = {n: a.peak for n, a in self.acts.acc.items() if a.peak is not None}

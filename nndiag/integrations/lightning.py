@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.collect.distributed import agree
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
@@ -45,7 +46,7 @@ from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
 
 # Names under which LightningModules usually log their validation loss (first found is used).
-VAL_LOSS_KEYS = ("val_loss", "val/loss", "valid_loss", "validation_loss", "val_loss_epoch", "loss/val")
+VAL_LOSS_KEYS = (Q.VAL_LOSS, "val/loss", "valid_loss", "validation_loss", "val_loss_epoch", "loss/val")
 
 
 def _callback_bases() -> tuple[type, ...]:
@@ -258,7 +259,7 @@ class _DiagnosticsCallbackImpl:
         for key in keys:
             if key in metrics:
                 assert self.session is not None
-                self.session.record("val_loss", float(metrics[key]))
+                self.session.record(Q.VAL_LOSS, float(metrics[key]))
                 return
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:

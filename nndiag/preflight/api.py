@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from nndiag import quantities as Q
 from nndiag.integrations.advice_options import AdvisorConfigLike
 from nndiag.integrations.advice_options import advisor_config as resolve_advisor_config
 from nndiag.preflight.batch import batch_len, model_device, split_batch, to_device
@@ -148,6 +149,6 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
 
 def _input_stats(history: pd.DataFrame) -> tuple[float | None, float | None]:
     """Mean and std of the model input (``None`` when not recorded, e.g. integer token ids)."""
-    rows = history[history.layer == "input"]
+    rows = history[history.layer == Q.INPUT_LAYER]
     values = {str(s): float(v) for s, v in zip(rows.stat, rows.value, strict=True)}
-    return values.get("act_mean"), values.get("act_std")
+    return values.get(Q.ACT_MEAN), values.get(Q.ACT_STD)

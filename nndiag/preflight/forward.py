@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from nndiag import quantities as Q
 from nndiag.collect.packet import Packet
 from nndiag.collect.recorder import Recorder
 from nndiag.guard import ErrorGuard
@@ -35,8 +36,8 @@ from nndiag.preflight.loss import LossFn, loss_value
 from nndiag.rows import COLUMNS
 
 # Statistics a forward pass yields; gradient/weight statistics need a backward pass and are dropped.
-FORWARD_STATS = ("act_mean", "act_std", "nonfinite", "dead_frac", "sat_frac", "loss")
-TABLE_COLUMNS = ["layer", "kind", "mean", "std", "dead_frac", "sat_frac"]
+FORWARD_STATS = (Q.ACT_MEAN, Q.ACT_STD, Q.NONFINITE, Q.DEAD_FRAC, Q.SAT_FRAC, Q.LOSS)
+TABLE_COLUMNS = ["layer", "kind", "mean", "std", Q.DEAD_FRAC, Q.SAT_FRAC]
 
 
 @dataclass
@@ -114,23 +115,23 @@ def build_table(history: pd.DataFrame, facts: dict[str, Any]) -> pd.DataFrame:
     layers = facts.get("layers") or {}
     rows = []
     for name in facts.get("forward_order") or []:
-        if wide is None or name not in wide.index or "act_std" not in wide.columns:
+        if wide is None or name not in wide.index or Q.ACT_STD not in wide.columns:
             continue
         stats = wide.loc[name]
-        if not isinstance(stats.get("act_std"), float) or math.isnan(stats["act_std"]):
+        if not isinstance(stats.get(Q.ACT_STD), float) or math.isnan(stats[Q.ACT_STD]):
             continue
         rows.append(
             [
                 name,
                 str((layers.get(name) or {}).get("module_type", "")),
-                float(stats.get("act_mean", math.nan)),
-                float(stats["act_std"]),
-                float(stats.get("dead_frac", math.nan)),
-                float(stats.get("sat_frac", math.nan)),
+                float(stats.get(Q.ACT_MEAN, math.nan)),
+                float(stats[Q.ACT_STD]),
+                float(stats.get(Q.DEAD_FRAC, math.nan)),
+                float(stats.get(Q.SAT_FRAC, math.nan)),
             ]
         )
     return pd.DataFrame(rows, columns=TABLE_COLUMNS).astype(
-        {"layer": object, "kind": object, "mean": float, "std": float, "dead_frac": float, "sat_frac": float}
+        {"layer": object, "kind": object, "mean": float, "std": float, Q.DEAD_FRAC: float, Q.SAT_FRAC: float}
     )
 
 

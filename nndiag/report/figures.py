@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from nndiag import quantities as Q
 from nndiag.render.figure import new_figure, plain_text
 from nndiag.report.layers import StatMatrix
 
@@ -87,12 +88,12 @@ def heatmap_figure(m: StatMatrix, title: str) -> Any:
     fig = new_figure(9.5, min(2.0 + 0.14 * n, 13.0))
     ax = fig.add_subplot()
     cmap: Any
-    if m.stat in ("dead_frac", "sat_frac"):
+    if m.stat in Q.FRACTION_STATS:
         norm: Any = colors.Normalize(0.0, 1.0)
         cmap = colors.LinearSegmentedColormap.from_list("frac", ["#f7fbff", "#fdae6b", "#d94801", "#7f2704"])
     else:
         positive = m.values[np.isfinite(m.values) & (m.values > 0)]
-        if m.stat == "update_ratio":
+        if m.stat == Q.UPDATE_RATIO:
             # symmetric in log space around the healthy 1e-3: blue = too slow, red = too fast
             span = (
                 max(100.0, float(np.nanmax(np.abs(np.log10(positive / HEALTHY_UPDATE_RATIO)))))
@@ -117,7 +118,7 @@ def heatmap_figure(m: StatMatrix, title: str) -> Any:
     _tick_labels(ax, m.names)
     ax.set_xlabel("optimizer step")
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01)
-    if m.stat == "update_ratio":
+    if m.stat == Q.UPDATE_RATIO:
         bar.ax.axhline(HEALTHY_UPDATE_RATIO, color="black", lw=1.5)
         bar.ax.text(
             1.05, HEALTHY_UPDATE_RATIO, " 1e-3", transform=bar.ax.get_yaxis_transform(), va="center", fontsize=8

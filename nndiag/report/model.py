@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.advisor import by_severity
 from nndiag.diagnosis import Diagnosis
 from nndiag.report.layers import StatMatrix, stat_matrix
@@ -34,7 +35,7 @@ from nndiag.summary import KEY_STATS, layer_summary, run_overview
 
 # heatmaps have at most this many columns: more than a screen's width of pixels is not more information
 MAX_REPORT_STEPS = 400
-HEATMAP_STATS = ("act_std", "dead_frac", "sat_frac", "update_ratio")
+HEATMAP_STATS = (Q.ACT_STD, Q.DEAD_FRAC, Q.SAT_FRAC, Q.UPDATE_RATIO)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class RunReport:
         """``Linear``, ``ReLU``, ... for a layer; the owning layer's for a parameter; ``""`` if unknown."""
         layers = self.facts.get("layers") or {}
         info = layers.get(name) or layers.get(name.rsplit(".", 1)[0]) or {}
-        return str(info.get("module_type") or ("model input" if name == "input" else ""))
+        return str(info.get("module_type") or ("model input" if name == Q.INPUT_LAYER else ""))
 
 
 def build_report(path: str | Path, max_steps: int = MAX_REPORT_STEPS) -> RunReport:
@@ -116,13 +117,13 @@ def _overview(history: pd.DataFrame) -> dict[str, Any]:
     """:func:`nndiag.summary.run_overview` (non-finite losses as ``None``) plus what the report adds."""
     base = run_overview(history)
     run_wide = history[history.layer == ""]
-    loss = run_wide[run_wide.stat == "loss"].value.to_numpy()
-    val = run_wide[run_wide.stat == "val_loss"].value.to_numpy()
+    loss = run_wide[run_wide.stat == Q.LOSS].value.to_numpy()
+    val = run_wide[run_wide.stat == Q.VAL_LOSS].value.to_numpy()
     finite = loss[np.isfinite(loss)]
-    nonfinite = run_wide[(run_wide.stat == "loss") & ~np.isfinite(run_wide.value)]
+    nonfinite = run_wide[(run_wide.stat == Q.LOSS) & ~np.isfinite(run_wide.value)]
     return {
         **base,
-        "parameters": int(history[(history.layer != "") & (history.stat == "grad_norm")].layer.nunique()),
+        "parameters": int(history[(history.layer != "") & (history.stat == Q.GRAD_NORM)].layer.nunique()),
         "loss_first": None if base["loss_first"] is None else _finite(base["loss_first"]),
         "loss_last": None if base["loss_last"] is None else _finite(base["loss_last"]),
         "loss_min": float(finite.min()) if len(finite) else None,

@@ -13,18 +13,19 @@ from typing import Any
 
 import numpy as np
 
+from nndiag import quantities as Q
 from nndiag.report import figures
 from nndiag.report.layers import StatMatrix, weight_params
 from nndiag.report.model import RunReport
 
 HEATMAP_TITLES = {
-    "act_std": (
+    Q.ACT_STD: (
         "Activation std per layer over time",
         "log colour scale; colour fading with depth = collapse; grey = exactly 0 or not recorded",
     ),
-    "dead_frac": ("Dead units per layer over time", "fraction of units that never activate in the batch"),
-    "sat_frac": ("Saturated units per layer over time", "fraction of tanh/sigmoid outputs at their limits"),
-    "update_ratio": (
+    Q.DEAD_FRAC: ("Dead units per layer over time", "fraction of units that never activate in the batch"),
+    Q.SAT_FRAC: ("Saturated units per layer over time", "fraction of tanh/sigmoid outputs at their limits"),
+    Q.UPDATE_RATIO: (
         "Update / weight ratio per parameter over time",
         "log colour scale centred on the healthy 1e-3: red = too fast (lr too high), blue = too slow",
     ),
@@ -43,7 +44,7 @@ class Picture:
 
 def pictures(report: RunReport) -> list[Picture]:
     """The report's pictures in page order."""
-    out = [Picture("loss", "Loss", "training loss, its trend, and the validation loss", lambda: _loss(report))]
+    out = [Picture(Q.LOSS, "Loss", "training loss, its trend, and the validation loss", lambda: _loss(report))]
     for stat, (title, caption) in HEATMAP_TITLES.items():
         out.append(Picture(stat, title, caption, _heatmap(report, stat, title)))
     out.append(
@@ -67,10 +68,10 @@ def pictures(report: RunReport) -> list[Picture]:
 
 
 def _loss(report: RunReport) -> Any:
-    loss = report.series("loss")
+    loss = report.series(Q.LOSS)
     if loss.empty:
         return None
-    val = report.series("val_loss")
+    val = report.series(Q.VAL_LOSS)
     return figures.loss_figure(
         loss.index.to_numpy(),
         loss.to_numpy(dtype=np.float64),
@@ -100,7 +101,7 @@ def _moments(m: StatMatrix, count: int) -> list[tuple[str, int]]:
 
 
 def _grad_depth(report: RunReport) -> Any:
-    m = report.matrix("grad_norm")
+    m = report.matrix(Q.GRAD_NORM)
     if m.empty:
         return None
     names = weight_params(m.names, report.facts)
@@ -109,7 +110,7 @@ def _grad_depth(report: RunReport) -> Any:
 
 
 def _act_depth(report: RunReport) -> Any:
-    m = report.matrix("act_std")
+    m = report.matrix(Q.ACT_STD)
     if m.empty:
         return None
     lines = [(label, _at(m, m.names, c)) for label, c in _moments(m, 2)]

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from nndiag import quantities as Q
 from nndiag.render.figure import img_tag
 from nndiag.report.compare import Comparison
 from nndiag.report.figures import overlay_figure
@@ -142,7 +143,7 @@ def write_comparison(
     if "html" in formats:
         curves = []
         for i, r in enumerate(comparison.runs):
-            loss, val = r.series("loss"), r.series("val_loss")
+            loss, val = r.series(Q.LOSS), r.series(Q.VAL_LOSS)
             curves.append(
                 (
                     f"{i}: {r.name}",

@@ -28,8 +28,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from nndiag import quantities as Q
+
 UPDATE_BAND = (1e-4, 1e-2)
 BAND_TAGS = ("nndiag/target/update_ratio_low", "nndiag/target/update_ratio_high")
+LAYER_CHART_STATS = (Q.ACT_STD, Q.DEAD_FRAC, Q.SAT_FRAC)  # the per-layer activation charts
 MAX_PER_ITEM_CHARTS = 256  # beyond this many layers/parameters only the all-in-one charts are written
 
 Layout = dict[str, dict[str, list[Any]]]
@@ -44,20 +47,20 @@ def layout(layers: list[str], params: list[str]) -> Layout:
 
     """
     loss = {
-        "loss": ["Multiline", [r"^nndiag/loss$", r"^nndiag/val_loss$"]],
-        "learning rate": ["Multiline", [r"^nndiag/lr/.*"]],
-        "global gradient norm": ["Multiline", [r"^nndiag/grad_norm_total$"]],
+        "loss": ["Multiline", [rf"^{Q.tag_for(Q.LOSS)}$", rf"^{Q.tag_for(Q.VAL_LOSS)}$"]],
+        "learning rate": ["Multiline", [rf"^{Q.tag_for(Q.LR)}/.*"]],
+        "global gradient norm": ["Multiline", [rf"^{Q.tag_for(Q.GRAD_NORM_TOTAL)}$"]],
     }
-    ratio: dict[str, list[Any]] = {"all parameters": ["Multiline", [r"^nndiag/update_ratio/.*"]]}
+    ratio: dict[str, list[Any]] = {"all parameters": ["Multiline", [rf"^{Q.tag_for(Q.UPDATE_RATIO)}/.*"]]}
     if len(params) <= MAX_PER_ITEM_CHARTS:
         for p in params:
-            ratio[p] = ["Margin", [f"nndiag/update_ratio/{p}", *BAND_TAGS]]
+            ratio[p] = ["Margin", [Q.tag_for(Q.UPDATE_RATIO, p), *BAND_TAGS]]
     acts: dict[str, list[Any]] = {
-        f"{stat}, all layers": ["Multiline", [rf"^nndiag/{stat}/.*"]] for stat in ("act_std", "dead_frac", "sat_frac")
+        f"{stat}, all layers": ["Multiline", [rf"^{Q.tag_for(stat)}/.*"]] for stat in LAYER_CHART_STATS
     }
     if len(layers) <= MAX_PER_ITEM_CHARTS:
         for name in layers:
-            acts[name] = ["Multiline", [rf"^nndiag/(act_std|dead_frac|sat_frac)/{re.escape(name)}$"]]
+            acts[name] = ["Multiline", [rf"^{Q.TAG_PREFIX}/({'|'.join(LAYER_CHART_STATS)})/{re.escape(name)}$"]]
     return {
         "nndiag: loss & learning rate": loss,
         "nndiag: update ratio (target 1e-3)": ratio,

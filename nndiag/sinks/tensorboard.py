@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rows import Rows
 from nndiag.sinks.dashboard import BAND_TAGS, UPDATE_BAND, layout, write_layout
 
 
 def tag_for(stat: str, layer: str) -> str:
-    """TensorBoard tag of one statistic."""
-    return f"nndiag/{stat}/{layer}" if layer else f"nndiag/{stat}"
+    """TensorBoard tag of one statistic (see :func:`nndiag.quantities.tag_for`)."""
+    return Q.tag_for(stat, layer)
 
 
 def markdown_escape(text: str) -> str:
@@ -84,7 +85,7 @@ class TensorBoardSink:
         steps = rows.step.tolist()
         values = rows.value.tolist()
         tags = [tag_for(stat, layer) for layer, stat in zip(rows.layers, rows.stats, strict=True)]
-        ratio_steps = sorted({st for st, stat in zip(steps, rows.stats, strict=True) if stat == "update_ratio"})
+        ratio_steps = sorted({st for st, stat in zip(steps, rows.stats, strict=True) if stat == Q.UPDATE_RATIO})
         for st in ratio_steps:  # the healthy band of the dashboard's Margin charts
             for tag, bound in zip(BAND_TAGS, UPDATE_BAND, strict=True):
                 tags.append(tag)
@@ -106,8 +107,8 @@ class TensorBoardSink:
 
     def _update_layout(self, rows: Rows) -> None:
         """Write the dashboard layout when layers or parameters appear that it does not show yet."""
-        layers = dict.fromkeys(lay for lay, st in zip(rows.layers, rows.stats, strict=True) if st == "act_std" and lay)
-        params = dict.fromkeys(lay for lay, st in zip(rows.layers, rows.stats, strict=True) if st == "update_ratio")
+        layers = dict.fromkeys(lay for lay, st in zip(rows.layers, rows.stats, strict=True) if st == Q.ACT_STD and lay)
+        params = dict.fromkeys(lay for lay, st in zip(rows.layers, rows.stats, strict=True) if st == Q.UPDATE_RATIO)
         if not (layers.keys() - self._layers.keys() or params.keys() - self._params.keys()):
             return
         self._layers.update(layers)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import math
 
+from nndiag import quantities as Q
+
 RAW_PREFIX = "_"
 
 
@@ -43,20 +45,20 @@ def finalize_layer(raw: dict[str, float]) -> dict[str, float]:
     if n is not None and "_sum" in raw:
         mean = raw["_sum"] / n if n > 0 else math.nan
         var = raw["_sq"] ** 2 / n - mean * mean if n > 0 else math.nan
-        out["act_mean"] = mean
-        out["act_std"] = math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan
-        out["nonfinite"] = float(raw.get("_nonfinite", 0.0))
+        out[Q.ACT_MEAN] = mean
+        out[Q.ACT_STD] = math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan
+        out[Q.NONFINITE] = float(raw.get("_nonfinite", 0.0))
     if "_dead" in raw and raw.get("_units", 0) > 0:
         applies = raw.get("_relu", 0) == 1 or raw.get("_min", -1.0) >= 0
         if applies:
-            out["dead_frac"] = raw["_dead"] / raw["_units"]
+            out[Q.DEAD_FRAC] = raw["_dead"] / raw["_units"]
     if "_sat" in raw and n:
-        out["sat_frac"] = raw["_sat"] / n
+        out[Q.SAT_FRAC] = raw["_sat"] / n
     if "_wb" in raw:
-        out["weight_norm"] = raw["_wb"]
+        out[Q.WEIGHT_NORM] = raw["_wb"]
         base = raw.get("_wbs", raw["_wb"])  # sampled mode: ratio on the sampled elements
         if "_delta" in raw:
-            out["update_ratio"] = raw["_delta"] / base if base > 0 else math.nan
+            out[Q.UPDATE_RATIO] = raw["_delta"] / base if base > 0 else math.nan
     return out
 
 
