@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from nndiag.collect.distributed import writes_here
+from nndiag.collect.optimizers import hookable_or_fallback, unwrap_module, unwrap_optimizer
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
@@ -95,15 +96,18 @@ class Monitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Monitor expects an nn.Module as model, got {type(model).__name__}.")
+        model = unwrap_module(model)  # Fabric / DDP wrappers: record the user's module under its own names
         optimizers: list[torch.optim.Optimizer] = (
             list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]  # type: ignore[list-item]
         )
         for opt in optimizers:
-            if not hasattr(opt, "param_groups"):
+            if not hasattr(opt, "param_groups") and unwrap_optimizer(opt) is None:
                 raise TypeError(
                     f"Monitor expects a torch optimizer (or a list of them), got {type(opt).__name__}; "
                     "pass the optimizer that trains the model."
                 )
+        # Accelerate / Fabric wrappers: hook the torch optimizer inside (else: one warning, each step() counts)
+        optimizers = [hookable_or_fallback(opt) for opt in optimizers]
         resolve_schedule(schedule)
         cfg = build_config(config, options)
         advice = build_advice(diagnose, advisor_config, num_classes, halt_on)
