@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from nndiag.collect.facts import (
+from nndiag.collect.modules import (
     RELU_FAMILY,
     activation_name,
     float_tensors,
@@ -165,7 +165,8 @@ class ActivationCollector:
         self.input_acc = _Accum(0, torch.zeros(()), torch.zeros(()))
         if self.facts.batch_size is None:
             self.facts.batch_size = self.guard.run("forward facts", _batch_size, obj)
-        tensors = float_tensors(obj)
+        # 0-d tensors are counts, not the input (the HF Trainer passes ``num_items_in_batch`` as a keyword)
+        tensors = [t for t in float_tensors(obj) if t.dim() > 0]
         if tensors:
             self.input_acc = _accumulate(tensors[0].detach())
 

@@ -1,0 +1,417 @@
+"""``NndiagCallback``: nndiag for the Hugging Face ``transformers.Trainer`` (``pip install nndiag[transformers]``).
+
+The callback is a thin adapter over the same :class:`~nndiag.session.Session` that the Lightning
+callback and :class:`~nndiag.Monitor` use. Named like the Trainer's own ``TensorBoardCallback``,
+``WandbCallback`` and ``MLflowCallback``.
+
+What it does, per Trainer event:
+    * ``on_train_begin``: attaches to the model and the optimizer the Trainer built (the torch
+      optimizer inside Accelerate's ``AcceleratedOptimizer``), opens the run store and TensorBoard
+      files in the run directory, keeps ``args.to_sanitized_dict()`` as the run's hyperparameters,
+      and continues the run of the checkpoint on ``train(resume_from_checkpoint=...)``;
+    * per micro-batch (``on_step_begin`` / ``on_substep_end`` / ``on_step_end``): statistics of the
+      first micro-batch's forward pass on logging steps, and the loss of every micro-batch as the
+      Trainer's ``training_step`` returned it (the real value: a NaN is recorded as NaN even though
+      the Trainer's ``logging_nan_inf_filter`` hides it from its own logs); the loss of an optimizer
+      step is the one the Trainer reports for it (the sum of the micro-batches' scaled losses);
+    * optimizer steps are counted by the torch optimizer's step hooks, so
+      ``gradient_accumulation_steps`` and steps a GradScaler skipped are counted right
+      (the recorded steps equal ``state.global_step`` when none was skipped);
+    * gradients are read in ``on_pre_optimizer_step``, i.e. after the Trainer's clipping
+      (``max_grad_norm``, 1.0 by default; ``max_grad_norm=0`` records unclipped gradients);
+    * ``on_evaluate``: ``eval_loss`` becomes the run-wide ``val_loss`` (overfitting rules);
+    * ``halt_on``: sets ``control.should_training_stop`` (the reason is in ``stop_reason``);
+    * ``on_train_end``: final advisor check, summary, and the report in the run directory.
+
+Checkpoints keep the callback's state through the Trainer's ``ExportableState`` protocol (in
+``trainer_state.json``), so ``resume_from_checkpoint`` continues the same run store and step numbering.
+Under ``torchrun`` / ``accelerate launch`` every process records (statistics are combined) and only
+the main process writes.
+
+Run directory: ``log_dir`` when given, else ``args.logging_dir`` (transformers 4), else
+``$TENSORBOARD_LOGGING_DIR``, else ``<output_dir>/runs/<time>_<host>`` (the Trainer's TensorBoard
+default). A directory that already holds an nndiag run gets the next ``version_N`` subfolder.
+
+Logged metrics: the same TensorBoard tags as :class:`~nndiag.DiagnosticsCallback`
+(``nndiag/<stat>/<layer>``, ``nndiag/loss``, ``nndiag/grad_norm_total``, ``nndiag/diagnoses``, the
+custom-scalar dashboard).
+
+Example:
+    >>> from nndiag.integrations.transformers import NndiagCallback
+    >>> cb = NndiagCallback(schedule=1, halt_on="nonfinite_loss")
+    >>> cb.history.empty, cb.diagnoses, cb.log_dir
+    (True, [], None)
+
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from nndiag.collect.optimizers import hookable_or_fallback, unwrap_module
+from nndiag.config import RecorderConfig
+from nndiag.diagnosis import Diagnosis
+from nndiag.guard import ErrorGuard, NndiagInternalWarning
+from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
+from nndiag.integrations.monitor import next_version_dir
+from nndiag.integrations.options import build_config, clean_hparams
+from nndiag.log import get_logger
+from nndiag.resume import STORE_NAME, ResumeState
+from nndiag.schedule import Schedule, resolve_schedule
+from nndiag.session import Session
+from nndiag.sinks.memory import MemoryHistory
+
+try:
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import ExportableState
+except ImportError as exc:  # pragma: no cover - exercised only without transformers
+    raise ImportError(
+        "nndiag.integrations.transformers needs Hugging Face transformers: pip install 'nndiag[transformers]'. "
+        "For Lightning use nndiag.DiagnosticsCallback, for plain loops nndiag.Monitor."
+    ) from exc
+
+STATE_KEY = "nndiag_resume"  # attribute name of the saved state in trainer_state.json
+
+
+class NndiagCallback(TrainerCallback, ExportableState):
+    """Records per-layer training statistics in a Hugging Face ``Trainer``.
+
+    Args:
+        schedule: logging steps, as for :class:`~nndiag.DiagnosticsCallback` (``None``: every step for
+            the first 20, every 10th until 200, then every 50th; an int N; or ``step -> bool``).
+        config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields
+            (``histograms=True``, ``update_ratio="sampled"``, ``report=False``, ...).
+        log_dir: the run directory (default: the Trainer's logging directory, see the module docstring).
+        diagnose, advisor_config, num_classes, halt_on: as for :class:`~nndiag.DiagnosticsCallback`.
+        preflight: run :func:`nndiag.preflight` on the first training batch when training starts (main
+            process; the model is called as ``model(input_ids)`` / ``model(pixel_values)``). ``True``
+            or a dict of options (``loss_fn``, ``overfit``, ...). Default off.
+        val_loss_key: the evaluation metric recorded as ``val_loss`` (default ``eval_loss``).
+
+    Attributes:
+        history: pandas DataFrame (step, layer, stat, value).
+        diagnoses: list of :class:`~nndiag.Diagnosis`.
+        stop_reason: why ``halt_on`` stopped training, else ``None``.
+        preflight_report: the :class:`~nndiag.preflight.PreflightReport` when ``preflight`` is on.
+
+    Example:
+        >>> NndiagCallback(halt_on="nan_loss")
+        Traceback (most recent call last):
+        ...
+        ValueError: halt_on: unknown diagnosis code(s) nan_loss; valid codes: ...lr_too_high, ...
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule = None,
+        *,
+        config: RecorderConfig | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        diagnose: bool = True,
+        advisor_config: AdvisorConfigLike = None,
+        num_classes: int | None = None,
+        halt_on: Iterable[str] | str = (),
+        preflight: bool | Mapping[str, Any] = False,
+        val_loss_key: str = "eval_loss",
+        **options: Any,
+    ) -> None:
+        resolve_schedule(schedule)  # a clear error at construction
+        build_advice(diagnose, advisor_config, num_classes, halt_on)
+        if not isinstance(preflight, (bool, Mapping)):
+            raise TypeError(f"preflight must be True/False or a dict of nndiag.preflight options, got {preflight!r}.")
+        self.schedule = schedule
+        self.config = build_config(config, options)
+        self.halt_on = halt_codes(halt_on)
+        self.preflight = preflight
+        self.val_loss_key = val_loss_key
+        self._log_dir = None if log_dir is None else str(log_dir)
+        self._advice_args = (diagnose, advisor_config, num_classes, halt_on)
+        self._init_args = {
+            "schedule": schedule,
+            "log_dir": self._log_dir,
+            "diagnose": diagnose,
+            "advisor_config": advisor_config,
+            "num_classes": num_classes,
+            "halt_on": list(self.halt_on),
+            "preflight": preflight,
+            "val_loss_key": val_loss_key,
+            **options,
+        }
+        self.guard = ErrorGuard()
+        self.session: Session | None = None
+        self.stop_reason: str | None = None
+        self.preflight_report: Any = None
+        self.diagnoses: list[Diagnosis] = []
+        self._resume: ResumeState | None = None
+        self._empty = MemoryHistory()
+        self._step_loss: torch.Tensor | None = None
+        self._trainer: Any = None
+        self._patched: Any = None  # (training_step wrapper, what it replaced) while a run is recorded
+        self._loss_hook: Any = None
+
+    # -- results ---------------------------------------------------------------------
+    @property
+    def history(self) -> pd.DataFrame:
+        """Recorded statistics: long-format DataFrame with columns step, layer, stat, value."""
+        return self._empty.frame() if self.session is None else self.session.history
+
+    @property
+    def log_dir(self) -> str | None:
+        """The run directory (run store, nndiag's TensorBoard files, the report), once training started."""
+        if self.session is None or self.session.log_dir is None:
+            return None
+        return str(self.session.log_dir)
+
+    # -- Trainer events --------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = _find_trainer()
+        self.guard.run("callback start", self._start, args, state, trainer, kwargs)
+
+    def _start(self, args: Any, state: Any, trainer: Any, kwargs: dict[str, Any]) -> None:
+        self._finish("finished")
+        model = kwargs.get("model")
+        optimizer = kwargs.get("optimizer")
+        if model is None or optimizer is None:
+            get_logger().warning("nndiag: the Trainer passed no model or optimizer to on_train_begin; not recording.")
+            return
+        model = unwrap_module(model)
+        resume = self._resume or _saved_state(state)
+        main = bool(getattr(state, "is_world_process_zero", True))
+        if self.preflight is not False and main:
+            self.preflight_report = self.guard.run("preflight", self._preflight, model, kwargs)
+        log_dir = _run_dir(self._log_dir, args, resume) if main else None
+        self.session = Session(
+            model,
+            [hookable_or_fallback(optimizer)],
+            log_dir,
+            config=self.config,
+            schedule=self.schedule,
+            meta=_meta(args, model),
+            resume=resume,
+            guard=self.guard,
+            advice=build_advice(*self._advice_args),
+        )
+        self._resume = None
+        self.stop_reason = None
+        self.diagnoses = self.session.diagnoses
+        self._step_loss = None
+        self._trainer = trainer
+        self._watch_loss(trainer, model)
+
+    def _preflight(self, model: Any, kwargs: dict[str, Any]) -> Any:
+        from nndiag.preflight.batch import model_device
+        from nndiag.preflight.lightning import preflight_at_fit_start, preserved_rng
+
+        loader = kwargs.get("train_dataloader")
+        if loader is None:
+            get_logger().info("nndiag preflight skipped: the Trainer passed no training dataloader.")
+            return None
+        with preserved_rng(model_device(model)):
+            batch = next(iter(loader), None)
+        if batch is None:
+            return None
+        batch = {k: v for k, v in batch.items() if k != "labels"} if isinstance(batch, Mapping) else batch
+        options = dict(self.preflight) if isinstance(self.preflight, Mapping) else {}
+        if self._advice_args[2] is not None:
+            options.setdefault("num_classes", self._advice_args[2])
+        return preflight_at_fit_start(None, model, batch=batch, **options)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.session is not None:
+            self._step_loss = None
+            self.guard.run("batch start", self.session.begin_batch)
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.session is not None:  # a micro-batch without an optimizer step (gradient accumulation)
+            self.guard.run("batch end", self.session.end_batch, None)
+            self.guard.run("batch start", self.session.begin_batch)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.session is not None:  # gradients as the optimizer will apply them (after clipping)
+            self.guard.run("gradient statistics", self.session.capture_grads, None)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.session is None:
+            return
+        loss, self._step_loss = self._step_loss, None
+        self.guard.run("batch end", self.session.end_batch, loss)
+        if self.halt_on and self.stop_reason is None:
+            hit = self.guard.run("halt_on", self.session.halting, self.halt_on)
+            if hit is not None:
+                self.stop_reason = f"nndiag stopped training: {hit.code} at step {hit.step}: {hit.message}"
+                get_logger().error(self.stop_reason)
+                control.should_training_stop = True
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+        if self.session is not None and not self.session.closed and isinstance(metrics, Mapping):
+            value = metrics.get(self.val_loss_key)
+            if isinstance(value, (int, float)):
+                self.guard.run("validation loss", self.session.record, "val_loss", float(value))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._finish("finished")
+
+    def _finish(self, status: str) -> None:
+        self.guard.run("callback close", self._unwatch_loss)
+        if self.session is not None and not self.session.closed:
+            self.guard.run("callback close", self.session.close, status)
+        self._trainer = None
+
+    # -- the loss of each micro-batch --------------------------------------------------
+    def _watch_loss(self, trainer: Any, model: torch.nn.Module) -> None:
+        """Wrap ``trainer.training_step`` (its return value is the loss); without the Trainer, hook ``model``."""
+        if trainer is not None:
+            replaced = trainer.__dict__.get("training_step")
+            original = trainer.training_step
+
+            def training_step(*a: Any, **kw: Any) -> Any:
+                loss = original(*a, **kw)
+                self.guard.run("loss", self._add_loss, loss)
+                return loss
+
+            trainer.training_step = training_step
+            self._patched = (trainer, training_step, replaced)
+            return
+        self._loss_hook = model.register_forward_hook(self._output_loss)
+
+    def _output_loss(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if module.training and self.session is not None:
+            loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+            if isinstance(loss, torch.Tensor):
+                self.guard.run("loss", self._add_loss, loss)
+
+    def _add_loss(self, loss: Any) -> None:
+        if isinstance(loss, torch.Tensor):
+            value = loss.detach().float().mean()  # stays on the device: no host sync
+            self._step_loss = value if self._step_loss is None else self._step_loss + value.to(self._step_loss)
+
+    def _unwatch_loss(self) -> None:
+        if self._loss_hook is not None:
+            self._loss_hook.remove()
+            self._loss_hook = None
+        if self._patched is not None:
+            trainer, wrapper, replaced = self._patched
+            self._patched = None
+            if trainer.__dict__.get("training_step") is wrapper:
+                if replaced is None:
+                    del trainer.training_step
+                else:
+                    trainer.training_step = replaced
+
+    # -- checkpoints (the Trainer's ExportableState protocol) -------------------------
+    def state(self) -> dict[str, Any]:
+        """What ``trainer_state.json`` keeps: the JSON-safe options and the resume state."""
+        resume = self.session.resume_state() if self.session is not None else (self._resume or ResumeState())
+        return {"args": _json_safe_args(self._init_args), "attributes": {STATE_KEY: _jsonable(resume.to_state_dict())}}
+
+    @property
+    def nndiag_resume(self) -> dict[str, Any] | None:
+        """The state to resume from (set by the Trainer when it restores callbacks from a checkpoint)."""
+        return None if self._resume is None else self._resume.to_state_dict()
+
+    @nndiag_resume.setter
+    def nndiag_resume(self, value: Any) -> None:
+        self._resume = _parse_state(value)
+
+    # -- the wrong trainer -----------------------------------------------------------
+    def setup(self, trainer: Any = None, *args: Any, **kwargs: Any) -> None:
+        """Lightning calls ``setup`` first: say which callback Lightning needs."""
+        raise TypeError(
+            "nndiag.integrations.transformers.NndiagCallback is a Hugging Face Trainer callback; "
+            "for a Lightning Trainer use nndiag.DiagnosticsCallback."
+        )
+
+
+def _find_trainer() -> Any:
+    """The ``transformers.Trainer`` whose callback handler is calling us (from the call stack), else ``None``."""
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer):
+            return candidate
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _saved_state(state: Any) -> ResumeState | None:
+    """The callback state of the checkpoint the Trainer resumed from (``None`` on a fresh run)."""
+    if int(getattr(state, "global_step", 0) or 0) <= 0:
+        return None
+    saved = (getattr(state, "stateful_callbacks", None) or {}).get(NndiagCallback.__name__)
+    if isinstance(saved, list):
+        saved = saved[0] if saved else None
+    if not isinstance(saved, Mapping):
+        return None
+    return _parse_state((saved.get("attributes") or {}).get(STATE_KEY))
+
+
+def _parse_state(value: Any) -> ResumeState | None:
+    if value is None:
+        return None
+    try:
+        return ResumeState.from_state_dict(dict(value) if isinstance(value, Mapping) else value)
+    except (TypeError, ValueError) as exc:
+        warnings.warn(
+            f"nndiag: ignoring an unreadable callback state in the checkpoint: {exc}.",
+            NndiagInternalWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def _run_dir(explicit: str | None, args: Any, resume: ResumeState | None) -> Path:
+    """Where this run is written (see the module docstring); a resumed run continues its own directory."""
+    if resume is not None and resume.continued_dir() is not None:
+        return Path(str(resume.continued_dir()))
+    base = explicit or getattr(args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if not base:
+        stamp = time.strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname()
+        base = os.path.join(getattr(args, "output_dir", None) or "trainer_output", "runs", stamp)
+    path = Path(os.path.expanduser(str(base)))
+    return next_version_dir(path) if (path / STORE_NAME).exists() else path
+
+
+def _meta(args: Any, model: Any) -> dict[str, Any]:
+    import transformers
+
+    to_dict = getattr(args, "to_sanitized_dict", None)
+    hparams = to_dict() if callable(to_dict) else {}
+    precision = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "32"
+    return {
+        "framework": "transformers",
+        "transformers_version": transformers.__version__,
+        "accumulate_grad_batches": getattr(args, "gradient_accumulation_steps", None),
+        "precision": precision,
+        "hparams": clean_hparams(hparams),
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data (``trainer_state.json`` is written with ``json.dumps``)."""
+    return json.loads(json.dumps(value, default=lambda o: float(o) if hasattr(o, "__float__") else str(o)))
+
+
+def _json_safe_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The constructor options that survive JSON (a callable schedule or a config object does not)."""
+    safe = {}
+    for key, value in args.items():
+        try:
+            if json.loads(json.dumps(value)) == value:
+                safe[key] = value
+        except (TypeError, ValueError):
+            continue
+    return safe
