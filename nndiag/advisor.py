@@ -29,61 +29,21 @@ import nndiag.rules  # noqa: F401  (registers the rule families)
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard
 from nndiag.rules.config import AdvisorConfig
-from nndiag.rules.registry import RULES, Rule
+from nndiag.rules.registry import RULES, Rule, broken_codes, cause_order, explained_by
 from nndiag.rules.view import RunView
 
+# Derived from the rule registry (each rule declares its rank, what explains it, whether it means "broken").
 # A symptom code is not reported while one of its causes holds (the cause names the fix).
-EXPLAINED_BY: dict[str, tuple[str, ...]] = {
-    "loss_diverging": ("lr_too_high", "nonfinite_loss"),
-    "loss_oscillating": ("lr_too_high", "nonfinite_loss"),
-    "loss_not_decreasing": (
-        "lr_too_low",
-        "weights_not_updating",
-        "vanishing_gradients",
-        "activation_collapse",
-        "saturated_activations",
-        "dead_units",
-        "symmetric_init",
-        "nonfinite_loss",
-        "underfitting",
-    ),
-    "underfitting": ("lr_too_low", "weights_not_updating", "vanishing_gradients", "activation_collapse"),
-    "nonfinite_activations": ("nonfinite_input",),
-    # tiny updates because the gradients vanish: raising the learning rate is not the fix
-    "lr_too_low": ("vanishing_gradients", "activation_collapse"),
-}
+EXPLAINED_BY: dict[str, tuple[str, ...]] = explained_by()
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 # Within one severity, root causes come before the mechanisms they set off, and those before
 # the symptoms on the loss curve: the first diagnosis of a run names the cause to fix first.
-CAUSE_ORDER: tuple[str, ...] = (
-    # set-up faults: data, initialisation, optimizer configuration, architecture
-    "nonfinite_input",
-    "input_not_normalized",
-    "symmetric_init",
-    "poor_init_scale",
-    "weights_not_updating",
-    "lr_too_high",
-    "lr_too_low",
-    "batchnorm_small_batch",
-    "sigmoid_hidden_layer",
-    # mechanisms inside the network
-    "exploding_gradients",
-    "activation_collapse",
-    "vanishing_gradients",
-    "saturated_activations",
-    "dead_units",
-    # symptoms
-    "nonfinite_loss",
-    "nonfinite_activations",
-    "loss_diverging",
-    "loss_oscillating",
-    "initial_loss_off",
-    "overfitting",
-    "underfitting",
-    "loss_not_decreasing",
-)
+CAUSE_ORDER: tuple[str, ...] = cause_order()
+
+# The codes that mean "this run is broken" (the Optuna pruner and the sweep treat such runs as failed).
+BROKEN_CODES: tuple[str, ...] = broken_codes()
 _CAUSE_RANK = {code: i for i, code in enumerate(CAUSE_ORDER)}
 
 
@@ -139,7 +99,15 @@ class Advisor:
         for r in self.rules:
             if not r.applies(view):
                 continue
-            for d in self.guard.run(f"rule {r.code}", r.fn, view, self.config) or []:
+            for d in self.guard.run(f"rule {r.code}", r.fn, view, self.config.thresholds(r.thresholds)) or []:
+                if d.code != r.code or d.severity not in r.severities:
+                    self.guard.report(
+                        f"rule {r.code}",
+                        ValueError(
+                            f"rule {r.code} emitted {d.code} at {d.severity}; it owns {r.code} at {r.severities}"
+                        ),
+                    )
+                    continue
                 key = (d.code, d.layer)
                 if key not in found or SEVERITY_ORDER[d.severity] < SEVERITY_ORDER[found[key].severity]:
                     found[key] = d

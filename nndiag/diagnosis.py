@@ -19,32 +19,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-# The diagnosis codes nndiag's advisors emit (a contract: stable names).
-DIAGNOSIS_CODES: tuple[str, ...] = (
-    "lr_too_high",
-    "lr_too_low",
-    "loss_diverging",
-    "loss_oscillating",
-    "loss_not_decreasing",
-    "nonfinite_loss",
-    "nonfinite_activations",
-    "nonfinite_input",
-    "exploding_gradients",
-    "vanishing_gradients",
-    "activation_collapse",
-    "saturated_activations",
-    "dead_units",
-    "sigmoid_hidden_layer",
-    "poor_init_scale",
-    "symmetric_init",
-    "weights_not_updating",
-    "input_not_normalized",
-    "initial_loss_off",
-    "overfitting",
-    "underfitting",
-    "batchnorm_small_batch",
-)
-
 Severity = Literal["info", "warning", "error"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")
 
@@ -121,3 +95,18 @@ class Diagnosis:
         """Inverse of :meth:`to_dict`; unknown keys are ignored (forward compatibility)."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+def __getattr__(name: str) -> Any:
+    """``DIAGNOSIS_CODES``: every code the registered rules own, in cause order (a contract: stable names).
+
+    Derived from the rule registry (:mod:`nndiag.rules.registry`), which fills
+    :data:`CODE_REGISTRY` as the rule modules are imported (``import nndiag`` imports them all).
+    """
+    if name == "DIAGNOSIS_CODES":
+        return tuple(sorted(CODE_REGISTRY, key=lambda code: (CODE_REGISTRY[code], code)))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# code -> rank in the cause order; written only by nndiag.rules.registry.rule.
+CODE_REGISTRY: dict[str, float] = {}

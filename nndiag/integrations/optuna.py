@@ -55,7 +55,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from nndiag.advisor import Advisor
+from nndiag.advisor import BROKEN_CODES, Advisor
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.advice_options import halt_codes
 from nndiag.rules.view import RunView
@@ -70,7 +70,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without optuna
 __all__ = ["PRUNE_CODES", "DiagnosisPruning", "PruningCallback", "current_diagnoses", "prune_reason"]  # noqa: F822 (lazy, see __getattr__)
 
 # error-severity verdicts that the training is broken: its objective would not be a result
-PRUNE_CODES: tuple[str, ...] = ("nonfinite_loss", "loss_diverging", "lr_too_high")
+PRUNE_CODES: tuple[str, ...] = BROKEN_CODES  # the rule registry's "this run is broken" codes
 
 
 def _settle(source: Any) -> None:

@@ -1,12 +1,21 @@
-"""Rule-based advisors: one module per family; importing this package registers them all."""
+"""Rule-based advisors: one module per family; importing this package registers them all.
+
+Each rule owns its diagnosis code through :func:`~nndiag.rules.registry.rule` (severity, cause
+order, what explains it, what it requires, its thresholds); see :mod:`nndiag.rules.registry`.
+"""
 
 from nndiag.rules import (  # noqa: F401  (imported for registration)
     activations,
     architecture,
+    collapse,
+    fit,
     gradients,
+    init,
+    initial,
     inputs,
     loss,
     lr,
+    nonfinite,
     params,
 )
 from nndiag.rules.config import AdvisorConfig

@@ -21,15 +21,35 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from nndiag.diagnosis import Diagnosis
-from nndiag.rules.activations import sustained_since
-from nndiag.rules.config import AdvisorConfig
+from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, sustained_since
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
+
+
+@dataclass(frozen=True)
+class ExplodingThresholds(SustainedThresholds, InputScaleThresholds):
+    """When gradients count as exploding."""
+
+    explode_ratio: float = 70.0  # first/last layer gradient-norm ratio above this (repair system)
+    explode_growth: float = 100.0  # total gradient norm grown by this factor over the run
+    explode_abs: float = 1e6  # total gradient norm above this
+
+
+@dataclass(frozen=True)
+class VanishingThresholds(SustainedThresholds):
+    """When gradients count as vanishing."""
+
+    vanish_ratio: float = 1e-3  # first/last layer gradient-norm ratio below this (repair system)
+    vanish_abs: float = 1e-4  # ... and the first layer's gradient norm below this
+    vanish_rms: float = 1e-7  # vanished everywhere: first layer's RMS gradient below this (cloud debugger: mean|g|)
+    vanish_update: float = 1e-6  # ... and its update/weight ratio below this (100x under research "too slow" 1e-4)
+    converged_loss: float = 1e-3  # a loss resting below this has converged (as for the loss rules)
 
 
 def weight_params(view: RunView) -> list[str]:
@@ -93,7 +113,7 @@ def _input_scale(view: RunView) -> float:
 
 
 def _exploded_into_nonfinite(
-    view: RunView, grads: pd.DataFrame, total: pd.Series, first_bad: int, cfg: AdvisorConfig
+    view: RunView, grads: pd.DataFrame, total: pd.Series, first_bad: int, t: ExplodingThresholds
 ) -> bool:
     """Whether the gradients that turned NaN/Inf at ``first_bad`` got there by exploding.
 
@@ -107,8 +127,8 @@ def _exploded_into_nonfinite(
     before = total[(total.index < first_bad)].dropna()
     if len(before):
         baseline = float(before.iloc[: min(3, len(before))].median())
-        if float(before.max()) > cfg.explode_abs or (
-            baseline > 0 and float(before.iloc[-1]) > cfg.explode_growth * baseline
+        if float(before.max()) > t.explode_abs or (
+            baseline > 0 and float(before.iloc[-1]) > t.explode_growth * baseline
         ):
             return True
     at = grads[grads.step == first_bad].value
@@ -121,8 +141,18 @@ def _exploded_into_nonfinite(
     return bool(acts.empty or first_bad not in acts.index or not (acts.loc[first_bad].fillna(0) > 0).any())
 
 
-@rule("exploding_gradients", requires=("grad_norm",))
-def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+@rule(
+    "exploding_gradients",
+    requires=("grad_norm",),
+    severity=("warning", "error"),
+    rank=200,
+    thresholds=ExplodingThresholds,
+    summary="error: total gradient norm > 1e6 sustained, or NaN/Inf gradients that came from an explosion (finite "
+    "input, norm had passed 1e6 or grown 100x, or Inf gradients with a finite loss). Warning: total norm sustained "
+    "at 100x its starting median, or the first trained weight's gradient norm > 70x the last one's (skipped while "
+    "the input is unnormalised)",
+)
+def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis]:
     """Gradients that are non-finite, huge, growing by orders of magnitude, or far larger early than late.
 
     Errors: NaN/Inf gradients that exploded (not those of corrupt data or log(0): see
@@ -133,7 +163,7 @@ def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     The ratio test is skipped while the model input is unscaled: a large input makes the first layer's
     gradient large (``input_not_normalized`` names that cause).
     """
-    k = cfg.sustained_checks
+    k = t.sustained_checks
     h = view.history
     grads = h[h.stat == "grad_norm"]
     if grads.empty:
@@ -150,7 +180,7 @@ def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     ]
     total = view.series("grad_norm_total")
     if start is not None:
-        if not _exploded_into_nonfinite(view, grads, total, start, cfg):
+        if not _exploded_into_nonfinite(view, grads, total, start, t):
             return []  # NaN from the data or the loss (nonfinite_input / nonfinite_loss name it), not an explosion
         first = [str(n) for n in nonfinite[nonfinite.step == start].layer.unique()]
         layer = view.ordered(first)[0]
@@ -173,7 +203,7 @@ def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
         ]
     total = total.dropna()
     if len(total):
-        start = sustained_since(total > cfg.explode_abs, k)
+        start = sustained_since(total > t.explode_abs, k)
         if start is not None:
             value = float(total.iloc[-1])
             return [
@@ -182,14 +212,14 @@ def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
                     severity="error",
                     step=start,
                     layer=None,
-                    message=f"The total gradient norm is {value:.3g}, above {cfg.explode_abs:.0e}.",
+                    message=f"The total gradient norm is {value:.3g}, above {t.explode_abs:.0e}.",
                     evidence={"grad_norm_total": value},
                     suggestions=fixes,
                 )
             ]
         baseline = float(total.iloc[: min(3, len(total))].median())
         if len(total) > 3 and baseline > 0:
-            start = sustained_since(total > cfg.explode_growth * baseline, k)
+            start = sustained_since(total > t.explode_growth * baseline, k)
             if start is not None:
                 value = float(total.iloc[-1])
                 return [
@@ -206,12 +236,12 @@ def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
                     )
                 ]
     scale = _input_scale(view)
-    if math.isfinite(scale) and scale > max(cfg.input_mean_abs, cfg.input_std_max):
+    if math.isfinite(scale) and scale > max(t.input_mean_abs, t.input_std_max):
         return []
     g, ratio, pairs = _ratios(view)
     if ratio.empty:
         return []
-    start = sustained_since(ratio > cfg.explode_ratio, k)
+    start = sustained_since(ratio > t.explode_ratio, k)
     if start is None:
         return []
     last = int(ratio.index[-1])
@@ -237,8 +267,15 @@ def exploding_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     ]
 
 
-@rule("vanishing_gradients", requires=("grad_norm",))
-def vanishing_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+@rule(
+    "vanishing_gradients",
+    requires=("grad_norm",),
+    rank=220,
+    thresholds=VanishingThresholds,
+    summary="first/last gradient-norm ratio < 1e-3 and first-layer norm < 1e-4 (published), or every layer's "
+    "gradient tiny (first layer RMS < 1e-7 and update ratio < 1e-6) while the loss has not converged",
+)
+def vanishing_gradients(view: RunView, t: VanishingThresholds) -> list[Diagnosis]:
     """Early layers' gradients orders of magnitude below the late layers', or gradients vanished everywhere.
 
     Published rule: first/last ratio below ``vanish_ratio`` and first below ``vanish_abs``. Vanished
@@ -249,7 +286,7 @@ def vanishing_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     g, ratio, pairs = _ratios(view)
     if g.empty:
         return []
-    k = cfg.sustained_checks
+    k = t.sustained_checks
     acts = {view.layer(n).get("activation") for n in view.forward_order}
     fixes = [
         "Initialise with He (std sqrt(2/fan_in)) for ReLU layers or Xavier (std 1/sqrt(fan_in)) for tanh "
@@ -268,7 +305,7 @@ def vanishing_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
         rows = g.index.get_indexer(ratio.index)
         cols = g.columns.get_indexer([pairs[s][0] for s in ratio.index])
         first_abs = pd.Series(g.to_numpy(dtype=float)[rows, cols], index=ratio.index, dtype=float)
-        start = sustained_since((ratio < cfg.vanish_ratio) & (first_abs < cfg.vanish_abs), k)
+        start = sustained_since((ratio < t.vanish_ratio) & (first_abs < t.vanish_abs), k)
         if start is not None:
             last = int(ratio.index[-1])
             first_w, last_w = pairs[last]
@@ -297,17 +334,17 @@ def vanishing_gradients(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
         return []  # no gradient at all reaches them: weights_not_updating
     first_w = weights[0]
     loss = view.series("loss").dropna()
-    if len(loss) and float(loss.iloc[-1]) < cfg.converged_loss:
+    if len(loss) and float(loss.iloc[-1]) < t.converged_loss:
         return []  # a converged loss has small gradients
     numel = float(view.param(first_w).get("numel") or 0)
     if numel <= 0:
         return []
     rms = g[first_w].dropna() / math.sqrt(numel)
     upd = view.matrix("update_ratio")
-    tiny = (rms < cfg.vanish_rms) & (rms > 0)
+    tiny = (rms < t.vanish_rms) & (rms > 0)
     if not upd.empty and first_w in upd.columns:
         moved = upd[first_w].reindex(rms.index)
-        tiny &= ~(moved >= cfg.vanish_update)  # NaN (not recorded) does not veto
+        tiny &= ~(moved >= t.vanish_update)  # NaN (not recorded) does not veto
     start = sustained_since(tiny, k)
     if start is None:
         return []

@@ -14,16 +14,27 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from nndiag.diagnosis import Diagnosis
-from nndiag.rules.activations import sustained_since
-from nndiag.rules.config import AdvisorConfig
+from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, sustained_since
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
 
 
-@rule("input_not_normalized", requires=("act_mean", "act_std"))
-def input_not_normalized(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+@dataclass(frozen=True)
+class InputThresholds(SustainedThresholds, InputScaleThresholds):
+    """When the model input counts as unnormalised (sustained)."""
+
+
+@rule(
+    "input_not_normalized",
+    requires=("act_mean", "act_std"),
+    rank=110,
+    thresholds=InputThresholds,
+    summary="input \\|mean\\| > 1, std > 10 or std < 0.01, sustained (recognises raw 0-255 pixels)",
+)
+def input_not_normalized(view: RunView, t: InputThresholds) -> list[Diagnosis]:
     """The model input (layer ``input``) far from zero mean / unit scale at ``sustained_checks`` logging steps.
 
     ``|mean| > input_mean_abs``, ``std > input_std_max`` or ``std < input_std_min``. Integer inputs
@@ -34,8 +45,8 @@ def input_not_normalized(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     if mean.empty or std.empty:
         return []
     mean, std = mean.align(std, join="inner")
-    bad = (mean.abs() > cfg.input_mean_abs) | (std > cfg.input_std_max) | (std < cfg.input_std_min)
-    start = sustained_since(bad, cfg.sustained_checks)
+    bad = (mean.abs() > t.input_mean_abs) | (std > t.input_std_max) | (std < t.input_std_min)
+    start = sustained_since(bad, t.sustained_checks)
     if start is None:
         return []
     # typical over the run of bad checks: the median resists one odd batch
@@ -44,7 +55,7 @@ def input_not_normalized(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     pixels = 20.0 <= mu <= 255.0 and 10.0 <= sd <= 128.0
     if pixels:
         what = "looks like raw 0-255 pixel values"
-    elif sd < cfg.input_std_min:
+    elif sd < t.input_std_min:
         what = "is almost constant"
     else:
         what = "is not standardised"

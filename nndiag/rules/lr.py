@@ -24,15 +24,46 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from nndiag.diagnosis import Diagnosis
-from nndiag.rules.config import AdvisorConfig
-from nndiag.rules.loss import divergence, loss_curve, oscillation, relative_drop
+from nndiag.rules.curves import relative_drop
+from nndiag.rules.loss_view import LossThresholds, divergence, loss_curve, oscillation
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
+
+
+@dataclass(frozen=True)
+class UpdateRatioThresholds(LossThresholds):
+    """The update/weight ratios the learning-rate rules compare against (the loss analysis included)."""
+
+    update_ratio_healthy: float = 1e-3  # the lecture's healthy update/weight ratio
+    update_ratio_checks: int = 3  # ... median over weight matrices, sustained over this many logging steps
+
+
+@dataclass(frozen=True)
+class LrHighThresholds(UpdateRatioThresholds):
+    """When updates count as far too large."""
+
+    update_ratio_high: float = 1e-1  # sustained median ratio above this = far too large (research checker: log10 > -1)
+    lr_collapse_dead_frac: float = 0.99  # too high: a ReLU layer this dead (alive at step 0) passes only a constant
+    lr_collapse_std_frac: float = 1e-4  # ... or a layer whose output std fell below this fraction of its step-0 std
+
+
+@dataclass(frozen=True)
+class LrLowThresholds(UpdateRatioThresholds):
+    """When updates count as far too small."""
+
+    update_ratio_low: float = 1e-5  # even the largest ratio over the weight matrices below this = far too small
+    # (research checker: log10 < -4 is 1e-4; another: lr * ratio < 1e-5)
+    lr_low_loss_drop: float = 0.05  # too low: the loss also moved by less than 5% (research: < 5% drop per check)
+    lr_low_grad_ratio: float = 1e-4  # ... while the gradients are not vanishing: median ||g||/||w|| above this
+    # (below it, the tiny updates come from the gradients, not the learning rate: see vanishing_gradients)
+    lr_decay_factor: float = 10.0  # a scheduler that lowered the lr >= 10x from its peak makes tiny updates by design
+    lr_warmup_rise: float = 1.1  # ... as does a warmup still raising it (by > 10% over the flat window)
 
 
 def weight_matrices(view: RunView, names: list[str]) -> list[str]:
@@ -87,14 +118,14 @@ def _last_streak_start(mask: pd.Series) -> int | None:
     return _streak_from(mask.iloc[: int(true[-1]) + 1])
 
 
-def _collapse(view: RunView, cfg: AdvisorConfig) -> tuple[str, int, str] | None:
+def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None:
     """(layer, onset, what) of a layer that now passes only a constant but did not at step 0."""
     dead = view.matrix("dead_frac")
     for layer in dead.columns:
         col = dead[layer].dropna()
-        if len(col) < 2 or col.iloc[0] >= cfg.lr_collapse_dead_frac:
+        if len(col) < 2 or col.iloc[0] >= t.lr_collapse_dead_frac:
             continue
-        start = _streak_from(col >= cfg.lr_collapse_dead_frac)
+        start = _streak_from(col >= t.lr_collapse_dead_frac)
         if start is not None:
             return str(layer), start, f"{col.iloc[-1]:.0%} of the units of {layer} died"
     std = view.matrix("act_std")
@@ -104,7 +135,7 @@ def _collapse(view: RunView, cfg: AdvisorConfig) -> tuple[str, int, str] | None:
         col = std[layer].dropna()
         if len(col) < 2 or not col.iloc[0] > 0:
             continue
-        start = _streak_from(col <= cfg.lr_collapse_std_frac * col.iloc[0])
+        start = _streak_from(col <= t.lr_collapse_std_frac * col.iloc[0])
         if start is not None:
             return str(layer), start, f"the output of {layer} became constant"
     return None
@@ -133,8 +164,19 @@ def _lr_text(lr: float | None, factor_lo: float, factor_hi: float, up: bool) -> 
     return f" (from {lr:.2g} to {a:.2g}-{b:.2g})"
 
 
-@rule("lr_too_high", requires=("loss", "update_ratio"))
-def lr_too_high(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+@rule(
+    "lr_too_high",
+    requires=("loss", "update_ratio"),
+    severity="error",
+    rank=150,
+    thresholds=LrHighThresholds,
+    broken=True,
+    summary="median update/weight ratio over the weight matrices ≥ `update_ratio_high` (0.1) at 3 logging steps, "
+    "together with a NaN loss, divergence, oscillation, or a collapse (a ReLU layer ≥ 99% dead that was alive at "
+    "step 0, or an output std below 1e-4 of its step-0 value); ratios read just before the event or at its onset "
+    "(Adam's ratio shrinks as weights grow)",
+)
+def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
     """Median update/weight ratio >= ``update_ratio_high`` together with an unstable loss.
 
     The instability is a non-finite loss, a collapse to a constant prediction (a ReLU layer that
@@ -144,7 +186,7 @@ def lr_too_high(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     where it began or the last ones, whichever are higher (Adam's ratio shrinks as the weights grow).
     """
     ratios = ratio_checks(view)
-    k = cfg.update_ratio_checks
+    k = t.update_ratio_checks
     if len(ratios) < k:
         return []
     # (event text, extra evidence, ratio windows: the ratios during the run-up to a NaN/collapse; for a
@@ -153,15 +195,15 @@ def lr_too_high(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     first_bad = _first_nonfinite_loss(view)
     if first_bad is not None:
         events.append((f"the loss became NaN/Inf at step {first_bad}", {}, [ratios[ratios.index <= first_bad]]))
-    d = divergence(view, cfg)
+    d = divergence(view, t)
     if d is not None:
         text = f"the loss rose from {d.min_loss:.3g} to {d.loss:.3g} over {view.last_step - d.min_step} steps"
         events.append((text, {"loss_factor": d.factor}, [ratios[ratios.index >= d.min_step].iloc[:k], ratios]))
-    o = oscillation(view, cfg)
+    o = oscillation(view, t)
     if o is not None:
         text = f"the loss swings by {o.swing:.0%} from step to step without progress"
         events.append((text, {"loss_swing": o.swing}, [ratios[ratios.index >= o.onset].iloc[:k], ratios]))
-    col = _collapse(view, cfg)
+    col = _collapse(view, t)
     if col is not None:
         _, step, what = col
         text = f"{what} at step {step}, so the network predicts a constant"
@@ -172,15 +214,15 @@ def lr_too_high(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
             continue
         window = max(tails, key=lambda w: float(w.median()))
         recent = float(window.median())
-        if not recent >= cfg.update_ratio_high:
+        if not recent >= t.update_ratio_high:
             continue
-        onset = _last_streak_start(ratios[ratios.index <= window.index[-1]] >= cfg.update_ratio_high)
+        onset = _last_streak_start(ratios[ratios.index <= window.index[-1]] >= t.update_ratio_high)
         onset = int(window.index[0]) if onset is None else onset
         now = window.index[-1] == ratios.index[-1]
         when = "is" if now else "was"
         at = "" if now else f" at steps {window.index[0]}-{window.index[-1]}"
         lr = _current_lr(view)
-        evidence = {"update_ratio": recent, "healthy_ratio": cfg.update_ratio_healthy, **extra}
+        evidence = {"update_ratio": recent, "healthy_ratio": t.update_ratio_healthy, **extra}
         if lr is not None:
             evidence["lr"] = lr
         return [
@@ -191,7 +233,7 @@ def lr_too_high(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
                 layer=None,
                 message=(
                     f"Learning rate too high: the median update/weight ratio {when} {recent:.2g}{at}, "
-                    f"{recent / cfg.update_ratio_healthy:.3g}x the healthy ~{cfg.update_ratio_healthy:.0e}, "
+                    f"{recent / t.update_ratio_healthy:.3g}x the healthy ~{t.update_ratio_healthy:.0e}, "
                     f"and {text}."
                 ),
                 evidence=evidence,
@@ -206,8 +248,17 @@ def lr_too_high(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     return []
 
 
-@rule("lr_too_low", requires=("loss", "update_ratio"))
-def lr_too_low(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+@rule(
+    "lr_too_low",
+    requires=("loss", "update_ratio"),
+    rank=160,
+    explained_by=("vanishing_gradients", "activation_collapse"),
+    thresholds=LrLowThresholds,
+    summary="even the largest weight-matrix ratio ≤ `update_ratio_low` (1e-5) at 3 logging steps and the loss "
+    "moved < 5% over the last 50 steps; silent when converged, when gradients vanish (median ‖g‖/‖w‖ < 1e-4), "
+    "after a scheduler cut the lr ≥ 10x, or during warmup",
+)
+def lr_too_low(view: RunView, t: LrLowThresholds) -> list[Diagnosis]:
     """Update/weight ratio <= ``update_ratio_low`` in every weight matrix, and a loss that barely moves.
 
     The largest ratio over the weight matrices is used: when only some layers update slowly the
@@ -219,29 +270,29 @@ def lr_too_low(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
     warmup is still raising it (small updates by design).
     """
     ratios = ratio_checks(view, "max")
-    k = cfg.update_ratio_checks
-    curve = loss_curve(view, cfg)
-    if len(ratios) < k or curve is None or len(curve.values) < cfg.flat_window:
+    k = t.update_ratio_checks
+    curve = loss_curve(view, t)
+    if len(ratios) < k or curve is None or len(curve.values) < t.flat_window:
         return []
     recent = float(ratios.iloc[-k:].median())
-    if not recent <= cfg.update_ratio_low:
+    if not recent <= t.update_ratio_low:
         return []
-    win = curve.values[-cfg.flat_window :]
+    win = curve.values[-t.flat_window :]
     level = float(np.median(win))
     if level <= curve.converged:
         return []
     drop = relative_drop(win)
-    if not abs(drop) < cfg.lr_low_loss_drop:
+    if not abs(drop) < t.lr_low_loss_drop:
         return []
     grad = _grad_weight_ratio(view, [int(s) for s in ratios.index[-k:]])
-    if grad is not None and grad < cfg.lr_low_grad_ratio:
+    if grad is not None and grad < t.lr_low_grad_ratio:
         return []
     lr = _current_lr(view)
-    if _lr_scheduled(view, cfg):
+    if _lr_scheduled(view, t):
         return []
-    onset = _streak_from(ratios <= cfg.update_ratio_low)
+    onset = _streak_from(ratios <= t.update_ratio_low)
     onset = int(ratios.index[-k]) if onset is None else onset
-    evidence = {"update_ratio": recent, "healthy_ratio": cfg.update_ratio_healthy, "loss_change": -drop}
+    evidence = {"update_ratio": recent, "healthy_ratio": t.update_ratio_healthy, "loss_change": -drop}
     if grad is not None:
         evidence["grad_weight_ratio"] = grad
     if lr is not None:
@@ -255,7 +306,7 @@ def lr_too_low(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
             layer=None,
             message=(
                 f"Learning rate too low: the weights move by at most {recent:.2g} of their norm per step "
-                f"(healthy: ~{cfg.update_ratio_healthy:.0e}) and the loss changed by {change} over "
+                f"(healthy: ~{t.update_ratio_healthy:.0e}) and the loss changed by {change} over "
                 f"the last {len(win)} steps."
             ),
             evidence=evidence,
@@ -283,7 +334,7 @@ def _grad_weight_ratio(view: RunView, steps: list[int]) -> float | None:
     return float(np.median(r)) if r.size else None
 
 
-def _lr_scheduled(view: RunView, cfg: AdvisorConfig) -> bool:
+def _lr_scheduled(view: RunView, t: LrLowThresholds) -> bool:
     """Whether a scheduler has decayed the rate far below its peak, or a warmup is still raising it."""
     m = view.matrix("lr")
     if m.empty:
@@ -293,8 +344,8 @@ def _lr_scheduled(view: RunView, cfg: AdvisorConfig) -> bool:
     if top.empty:
         return False
     now = float(top.iloc[-1])
-    if now * cfg.lr_decay_factor <= float(top.max()):
+    if now * t.lr_decay_factor <= float(top.max()):
         return True
-    earlier = top[top.index <= view.last_step - cfg.flat_window]
+    earlier = top[top.index <= view.last_step - t.flat_window]
     before = float(earlier.iloc[-1]) if len(earlier) else float(top.iloc[0])
-    return now > cfg.lr_warmup_rise * before and not math.isclose(now, before)
+    return now > t.lr_warmup_rise * before and not math.isclose(now, before)

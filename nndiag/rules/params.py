@@ -1,4 +1,4 @@
-"""Parameter rules: weights that never change, initial weight scale, symmetric initialisation.
+"""Parameter rules: trainable weights that never change, with the cause.
 
 Example:
     >>> import pandas as pd
@@ -11,25 +11,35 @@ Example:
     ...          "optimizers": [{"class": "SGD"}]}
     >>> [(d.code, d.layer, d.severity) for d in weights_not_updating(RunView(h, facts), AdvisorConfig())]
     [('weights_not_updating', 'fc.weight', 'error')]
+
+Initialisation rules (``poor_init_scale``, ``symmetric_init``) are in :mod:`nndiag.rules.init`.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from nndiag.diagnosis import Diagnosis, Severity
-from nndiag.rules.activations import HARD_ZERO_ACTIVATIONS, describe, first_step, is_norm, sustained_since
-from nndiag.rules.config import AdvisorConfig
-from nndiag.rules.registry import rule
+from nndiag.rules.init import poor_init_scale, symmetric_init
+from nndiag.rules.layers import HARD_ZERO_ACTIVATIONS, sustained_since
+from nndiag.rules.registry import NoThresholds, rule
 from nndiag.rules.view import RunView
 
-RELU_FAMILY = ("relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "celu", "gelu", "silu", "mish")
-XAVIER_FAMILY = ("tanh", "sigmoid", "softsign", "hardtanh", "hardsigmoid", "selu")  # selu: LeCun normal, same std
+__all__ = ["poor_init_scale", "symmetric_init", "weights_not_updating"]
 
-# -- weights not updating ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FrozenThresholds:
+    """When a parameter counts as not updating."""
+
+    frozen_checks: int = 3  # parameters identical over this many logging steps (published: 3-5 checks)
+    frozen_checks_after_change: int = 10  # ... a parameter that moved earlier must stay identical this many checks
+    # (alternating optimizers, e.g. a GAN generator stepped every 5th batch, leave short runs of zero updates)
+    dead_full_frac: float = 0.99  # a ReLU layer this dead passes no gradient (explains weights that never update)
+
 
 _CAUSES: dict[str, tuple[Severity, str, list[str]]] = {
     "not_in_optimizer": (
@@ -83,7 +93,7 @@ def _stuck(view: RunView, names: list[str]) -> pd.DataFrame:
     return (r == 0) | (r.isna() & w.notna() & same)
 
 
-def _explained_by_dead_units(view: RunView, param: str, cfg: AdvisorConfig) -> bool:
+def _explained_by_dead_units(view: RunView, param: str, t: FrozenThresholds) -> bool:
     """Whether a fully dead ReLU blocks the parameter's gradient (``dead_units`` then names the cause).
 
     A dead ReLU after its layer passes nothing back; one feeding a weight's layer makes its input all zero.
@@ -101,7 +111,7 @@ def _explained_by_dead_units(view: RunView, param: str, cfg: AdvisorConfig) -> b
             info.get("kind") == "activation"
             and info.get("activation") in HARD_ZERO_ACTIVATIONS
             and name in last.index
-            and float(last[name]) >= cfg.dead_full_frac
+            and float(last[name]) >= t.dead_full_frac
         )
 
     i = order.index(layer)
@@ -157,8 +167,16 @@ def _cause(view: RunView, param: str, since: int) -> str:
     return "other"
 
 
-@rule("weights_not_updating", requires=())
-def weights_not_updating(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
+@rule(
+    "weights_not_updating",
+    severity=("warning", "error"),
+    rank=140,
+    thresholds=FrozenThresholds,
+    summary="a trainable parameter whose update ratio is exactly 0 at every check (≥ 3; 10 for one that moved "
+    "before), with the cause: not in any optimizer (error), no gradient reaching it, lr 0, or the step not applying "
+    "(warning). Not for frozen parameters, biases before BatchNorm, or layers behind a fully dead ReLU",
+)
+def weights_not_updating(view: RunView, t: FrozenThresholds) -> list[Diagnosis]:
     """Trainable parameters left exactly unchanged by the optimizer steps, with the cause.
 
     Unchanged (update ratio exactly 0) at every logging step (at least ``frozen_checks`` of them),
@@ -181,17 +199,17 @@ def weights_not_updating(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
         if _bias_before_batchnorm(view, n):
             continue
         col = stuck[n]
-        start = sustained_since(col, cfg.frozen_checks)
+        start = sustained_since(col, t.frozen_checks)
         if start is None:
             continue
         whole = start == int(col.index[0])
-        if not whole and int((col.index >= start).sum()) < cfg.frozen_checks_after_change:
+        if not whole and int((col.index >= start).sum()) < t.frozen_checks_after_change:
             continue
         cause = _cause(view, n, start)
         if cause == "no_gradient":
             if symmetric is None:
-                symmetric = bool(symmetric_init(view, cfg))
-            if symmetric or _explained_by_dead_units(view, n, cfg):
+                symmetric = bool(symmetric_init(view, NoThresholds()))
+            if symmetric or _explained_by_dead_units(view, n, t):
                 continue
         groups.setdefault(cause, []).append((n, start))
     out = []
@@ -220,176 +238,3 @@ def weights_not_updating(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
             )
         )
     return out
-
-
-# -- initial weight scale ------------------------------------------------------------------------
-
-
-def _prescribed_std(activation: str, fan_in: int) -> tuple[float, str] | None:
-    if activation in RELU_FAMILY:
-        return math.sqrt(2.0 / fan_in), "He's sqrt(2/fan_in)"
-    if activation in XAVIER_FAMILY:
-        return 1.0 / math.sqrt(fan_in), "Xavier's 1/sqrt(fan_in)"
-    return None
-
-
-def _neighbours_normalised(view: RunView, layer: str) -> bool:
-    """A norm layer right before the layer (pre-norm blocks) or between it and its activation (BatchNorm)."""
-    order = view.forward_order
-    i = order.index(layer)
-    for prev in reversed(order[:i]):
-        if view.layer(prev).get("kind") in ("dropout",):
-            continue
-        if is_norm(view, prev):
-            return True
-        break
-    for nxt in order[i + 1 :]:
-        if is_norm(view, nxt):
-            return True
-        if view.layer(nxt).get("kind") != "dropout":
-            return False
-    return False
-
-
-@rule("poor_init_scale", requires=())
-def poor_init_scale(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
-    """Initial weight scale far (``init_scale_factor``) from the Xavier/He prescription.
-
-    Only linear/conv layers followed by a ReLU-, tanh- or sigmoid-family activation with no
-    normalisation layer right before or after (BatchNorm/LayerNorm make the scale irrelevant;
-    GPT-style std-0.02 layers sit behind a LayerNorm), at least ``init_min_layers`` layers off (a
-    shallow net tolerates a small init), and still off by the factor at the end of the view.
-    Too-small scales are not judged in models with attention/embedding layers (residual
-    architectures with fixed-std inits). PyTorch's default init is within the factor.
-    """
-    init: dict[str, dict[str, Any]] = view.facts.get("init") or {}
-    if not init or not view.forward_order:
-        return []
-    residual_like = any(view.layer(n).get("kind") in ("attention", "embedding") for n in view.forward_order)
-    wn = view.matrix("weight_norm")
-    hits: list[tuple[str, float, float, str, str]] = []
-    for layer in view.forward_order:
-        info = view.layer(layer)
-        name = f"{layer}.weight"
-        w = init.get(name)
-        act, fan_in = info.get("activation"), info.get("fan_in")
-        if info.get("kind") not in ("linear", "conv") or w is None or not isinstance(fan_in, int) or fan_in <= 0:
-            continue
-        numel = view.param(name).get("numel") or 0
-        if not view.param(name).get("trainable", True) or numel < cfg.init_min_numel or w.get("units_identical"):
-            continue
-        target = _prescribed_std(str(act), fan_in)
-        if target is None or _neighbours_normalised(view, layer):
-            continue
-        expected, rule_name = target
-        scale = math.hypot(float(w.get("mean", 0.0)), float(w.get("std", 0.0)))
-        if scale <= 0:
-            continue  # constant zero: symmetric_init
-        now = scale
-        if name in wn.columns and len(wn[name].dropna()):
-            now = float(wn[name].dropna().iloc[-1]) / math.sqrt(float(numel))
-        factor = cfg.init_scale_factor
-        small = scale < expected / factor and now < expected / factor and not residual_like
-        large = scale > expected * factor and now > expected * factor
-        if small or large:
-            hits.append((layer, scale, expected, rule_name, str(act)))
-    if len(hits) < cfg.init_min_layers:
-        return []
-    layer, scale, expected, rule_name, act = hits[0]
-    fan_in = int(view.layer(layer)["fan_in"])
-    direction = "smaller" if scale < expected else "larger"
-    off = expected / scale if scale < expected else scale / expected
-    more = f" ({len(hits)} layers are off)" if len(hits) > 1 else ""
-    effect = (
-        "activations shrink layer after layer and gradients vanish"
-        if direction == "smaller"
-        else "activations grow or saturate"
-    )
-    init_fn = "nn.init.kaiming_normal_(w, nonlinearity='relu')" if act in RELU_FAMILY else "nn.init.xavier_normal_(w)"
-    return [
-        Diagnosis(
-            code="poor_init_scale",
-            severity="warning",
-            step=first_step(view),
-            layer=f"{layer}.weight",
-            message=(
-                f"The initial weights of {describe(view, layer)} have std {scale:.3g}, {off:.1f}x {direction} than "
-                f"{rule_name} = {expected:.3g} for a {act} layer with fan-in {fan_in}{more}."
-            ),
-            evidence={"init_std": scale, "prescribed_std": expected, "factor": off, "layers_off": float(len(hits))},
-            suggestions=[
-                f"Initialise with {init_fn} (std {expected:.3g} here), or keep PyTorch's default init: "
-                f"with a {direction} scale {effect}.",
-                "Add BatchNorm/LayerNorm after the linear/conv layers to make training less sensitive to the scale.",
-            ],
-        )
-    ]
-
-
-# -- symmetric initialisation --------------------------------------------------------------------
-
-
-def _constant(stats: dict[str, Any]) -> bool:
-    """All elements equal (std 0 up to the rounding of the float32 mean)."""
-    std, mean = float(stats.get("std", 1.0)), abs(float(stats.get("mean", 0.0)))
-    return std == 0.0 or std <= 1e-6 * mean
-
-
-def _next_weight_layer(view: RunView, layer: str) -> str | None:
-    order = view.forward_order
-    for nxt in order[order.index(layer) + 1 :]:
-        kind = view.layer(nxt).get("kind")
-        if kind in ("linear", "conv"):
-            return nxt
-        if kind in ("recurrent", "attention", "embedding"):
-            return None
-    return None
-
-
-@rule("symmetric_init", requires=())
-def symmetric_init(view: RunView, cfg: AdvisorConfig) -> list[Diagnosis]:
-    """Hidden layers initialised with identical units whose symmetry no gradient can break.
-
-    The units of a layer start identical (constant or all-zero rows: ``init[...]["units_identical"]``)
-    and the next linear/conv layer is constant too (init std 0), so every unit receives the same
-    gradient forever. A zero-initialised last layer (a common trick), or identical units feeding a
-    randomly initialised layer, are broken by the first gradients and not reported.
-    """
-    init: dict[str, dict[str, Any]] = view.facts.get("init") or {}
-    if not init or not view.forward_order:
-        return []
-    hits: list[str] = []
-    for layer in view.forward_order:
-        w = init.get(f"{layer}.weight")
-        if view.layer(layer).get("kind") not in ("linear", "conv") or not w or not w.get("units_identical"):
-            continue
-        if not view.param(f"{layer}.weight").get("trainable", True):
-            continue
-        nxt = _next_weight_layer(view, layer)
-        nw = init.get(f"{nxt}.weight") if nxt else None
-        if nw is not None and _constant(nw):
-            hits.append(layer)
-    if not hits:
-        return []
-    layer = hits[0]
-    w = init[f"{layer}.weight"]
-    value = float(w.get("mean", 0.0))
-    what = "all zero" if value == 0 and float(w.get("std", 0.0)) == 0 else "identical"
-    more = f" ({len(hits)} layers)" if len(hits) > 1 else ""
-    return [
-        Diagnosis(
-            code="symmetric_init",
-            severity="error",
-            step=first_step(view),
-            layer=f"{layer}.weight",
-            message=(
-                f"The units of {describe(view, layer)} start {what} and so does the next layer: every unit "
-                f"computes the same function and gets the same gradient, so the symmetry is never broken{more}."
-            ),
-            evidence={"init_mean": value, "init_std": float(w.get("std", 0.0)), "layers": float(len(hits))},
-            suggestions=[
-                "Initialise the weights randomly: PyTorch's default, or nn.init.kaiming_normal_ (ReLU) / "
-                "nn.init.xavier_normal_ (tanh); only biases (and at most a last layer) may start at zero.",
-            ],
-        )
-    ]

@@ -30,12 +30,13 @@ from urllib.parse import quote
 
 import numpy as np
 
+from nndiag import advisor as advisor_codes
 from nndiag.store.reader import load_run
 from nndiag.store.schema import STORE_FILENAME
 from nndiag.sweep.trials import Direction, Param, Sweep, Trial
 
 # diagnoses that mean "this training is broken": its objective is not a result (and the pruner ends it)
-BROKEN_CODES: tuple[str, ...] = ("nonfinite_loss", "loss_diverging", "lr_too_high")
+BROKEN_CODES: tuple[str, ...] = advisor_codes.BROKEN_CODES  # the rule registry's "this run is broken" codes
 LOG_SPAN = 10.0  # run folders: positive values spanning more than this ratio (one decade) count as log-scaled
 TAIL = 0.1  # run folders without val_loss: the objective is the mean loss over the last 10% of steps
 OPTUNA_HINT = "pip install nndiag[optuna]"
