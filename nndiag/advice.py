@@ -28,6 +28,7 @@ import pandas as pd
 
 from nndiag.advisor import Advisor, by_severity
 from nndiag.diagnosis import Diagnosis
+from nndiag.facts import ModelFacts
 from nndiag.log import get_logger
 from nndiag.rules.config import AdvisorConfig
 from nndiag.rules.view import RunView
@@ -82,11 +83,11 @@ class AdvisorLoop:
             return False
         return elapsed >= self.min_interval or self._packets >= self.every_packets
 
-    def run(self, history: pd.DataFrame, facts: dict[str, Any]) -> list[Diagnosis]:
+    def run(self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any]) -> list[Diagnosis]:
         """Check now; return the diagnoses that are new, updated or resolved."""
         start = time.monotonic()
         self._packets = 0
-        changed = self.advisor.check(RunView(history, {**facts, **self.extra_facts}))
+        changed = self.advisor.check(RunView(history, self.with_extra(facts)))
         self._last = time.monotonic()
         self._cost = self._last - start
         if self.log:
@@ -96,6 +97,14 @@ class AdvisorLoop:
                     self._logged.add(key)
                     get_logger().log(_LEVEL[d.severity], f"nndiag {d.severity}: {d.headline()}: {d.message}")
         return changed
+
+    def with_extra(self, facts: ModelFacts | dict[str, Any]) -> ModelFacts:
+        """``facts`` with this loop's extra facts (``num_classes``) set."""
+        if not self.extra_facts:
+            return ModelFacts.from_dict(facts)
+        if isinstance(facts, ModelFacts):
+            facts = facts.to_dict()
+        return ModelFacts.from_dict({**facts, **self.extra_facts})
 
     def summary(self, steps: int) -> str:
         """A readable end-of-training summary of all diagnoses, most severe first."""

@@ -34,6 +34,7 @@ from nndiag import quantities as Q
 from nndiag.advice import AdvisorLoop
 from nndiag.advisor import by_severity
 from nndiag.collect.packet import Packet
+from nndiag.facts import ModelFacts
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.sinks.memory import MemoryHistory
 from nndiag.sinks.tensorboard import TensorBoardSink
@@ -60,7 +61,7 @@ class Pipeline:
         self.tensorboard = tensorboard
         self.guard = guard or ErrorGuard()
         self.flush_seconds = flush_seconds
-        self.facts: dict[str, Any] = {}
+        self.facts: ModelFacts | None = None  # the run's model facts, once the first logging step sent them
         self.advice = advice
         self._nonfinite_seen = False  # the first non-finite loss makes an advisor check urgent
         self.dropped = 0
@@ -72,7 +73,7 @@ class Pipeline:
 
     # -- training thread -------------------------------------------------------------
     def submit(self, item: Any) -> None:
-        """Enqueue a :class:`Packet` or ``("facts", dict)``; never blocks."""
+        """Enqueue a :class:`Packet` or ``("facts", ModelFacts)``; never blocks."""
         if self._closed:
             return
         try:
@@ -151,9 +152,9 @@ class Pipeline:
             )
             return self._nonfinite_seen
         if item[0] == "facts":
-            self.facts = item[1]
+            self.facts = ModelFacts.from_dict(item[1])
             if self.store is not None:
-                self.guard.run("run store", self.store.write_meta, "facts", item[1])
+                self.guard.run("run store", self.store.write_meta, "facts", self.facts.to_dict())
         elif item[0] == "callback":
             self._flush()
             item[1]()
@@ -166,7 +167,7 @@ class Pipeline:
         history = self.memory.frame()
         if history.empty:
             return
-        changed = self.advice.run(history, self.facts)
+        changed = self.advice.run(history, self.facts or ModelFacts())
         if not changed:
             return
         if self.store is not None:

@@ -38,6 +38,7 @@ from nndiag.collect.packet import Packet
 from nndiag.collect.recorder import Recorder
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
+from nndiag.facts import ModelFacts
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.log import get_logger
 from nndiag.pipeline import Pipeline
@@ -112,7 +113,7 @@ class Session:
             self.guard,
             start_step,
             combiner=self.combiner,
-            init_facts=self.pipeline.facts.get("init"),
+            init_facts=self.pipeline.facts.init if self.pipeline.facts is not None else None,
         )
         self.recorder.attach()
         self.closed = False
@@ -130,7 +131,7 @@ class Session:
         assert self.log_dir is not None
         store.truncate_from(resume.step)  # steps after the checkpoint are trained again
         earlier = load_run(self.log_dir)
-        self.pipeline.facts = earlier.facts
+        self.pipeline.facts = ModelFacts.from_dict(earlier.facts) if earlier.facts else None
         h = earlier.history
         if len(h):
             self.pipeline.memory.write_rows(
@@ -260,7 +261,13 @@ class Session:
 
     @property
     def facts(self) -> dict[str, Any]:
-        """Model facts gathered at the first logging step (empty before it)."""
+        """Model facts gathered at the first logging step, as stored (empty before it); see :attr:`model_facts`."""
+        facts = self.model_facts
+        return facts.to_dict() if facts is not None else {}
+
+    @property
+    def model_facts(self) -> ModelFacts | None:
+        """Typed model facts gathered at the first logging step (``None`` before it)."""
         if not self.closed:
             self.pipeline.drain()
         return self.pipeline.facts

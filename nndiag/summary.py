@@ -15,7 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from nndiag import pivot
 from nndiag import quantities as Q
+from nndiag.facts import ModelFacts
 from nndiag.quantities import ACTIVATION_STATS, KEY_STATS, PARAMETER_STATS
 
 __all__ = [
@@ -29,27 +31,18 @@ __all__ = [
 ]
 
 
-def forward_sorted(names: Iterable[str], facts: dict[str, Any] | None) -> list[str]:
+def forward_sorted(names: Iterable[str], facts: ModelFacts | dict[str, Any] | None) -> list[str]:
     """``names`` in forward order: ``input`` first, layers as executed, parameters after their layer.
 
     Example:
         >>> forward_sorted(["fc2", "fc1.weight", "input", "fc1"], {"forward_order": ["fc1", "fc2"]})
         ['input', 'fc1', 'fc1.weight', 'fc2']
     """
-    order = (facts or {}).get("forward_order") or []
-    rank = {name: i for i, name in enumerate(["input", *order])}
-
-    def key(name: str) -> tuple[float, str]:
-        if name in rank:
-            return (rank[name], name)
-        owner = name.rsplit(".", 1)[0]
-        return (rank[owner] + 0.5 if owner in rank else len(rank) + 1.0, name)
-
-    return sorted(set(names), key=key)
+    return pivot.forward_sorted(set(names), ModelFacts.from_dict(facts).forward_order)
 
 
 def layer_summary(
-    history: pd.DataFrame, facts: dict[str, Any] | None = None, stats: tuple[str, ...] = KEY_STATS
+    history: pd.DataFrame, facts: ModelFacts | dict[str, Any] | None = None, stats: tuple[str, ...] = KEY_STATS
 ) -> pd.DataFrame:
     """One row per layer/parameter (forward order when known), columns ``<stat> first`` / ``<stat> last``."""
     h = history[history.stat.isin(stats) & (history.layer != "")]

@@ -1,268 +1,190 @@
-"""Static facts about a model's modules: kind, activation family, fan-in.
+"""Building a run's :class:`~nndiag.facts.ModelFacts`: modules, parameters, optimizers, initial weights.
 
-These are the "model facts" the advisors need (what a layer is, which activation it
-feeds, how wide its input is) and are stored with every run.
+The recorder calls :func:`initial_weight_facts` when it attaches (before training) and
+:func:`build_model_facts` after the first logging step (when the forward pass has revealed the
+order of the modules, their output shapes and the batch size). The per-module classification
+(kind, activation, fan-in) is :mod:`nndiag.collect.modules`; its names are re-exported here.
 
 Example:
-    >>> import torch.nn as nn
-    >>> from nndiag.collect.facts import module_facts
-    >>> f = module_facts(nn.Linear(784, 100))
-    >>> f["kind"], f["fan_in"], f["fan_out"]
-    ('linear', 784, 100)
-    >>> module_facts(nn.Tanh())["activation"]
-    'tanh'
-
+    >>> import torch, torch.nn as nn
+    >>> from nndiag.collect.facts import build_model_facts, module_facts
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> modules = [(n, module_facts(m)) for n, m in model.named_children()]
+    >>> f = build_model_facts(model, modules, ["0", "1"], {"0": [2, 4], "1": [2, 4]}, 2, [opt], {}, 0)
+    >>> f.layers["0"].activation, f.params["0.weight"].shape, f.batch_size, f.optimizers[0]["class"]
+    ('relu', [4, 3], 2, 'SGD')
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-# Modules recorded as one unit even though they have children whose forward is never
-# called on its own (MultiheadAttention computes out_proj functionally).
-ATOMIC_TYPES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
-
-RELU_FAMILY = ("relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu", "mish")
-
-_ACTIVATIONS: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.ReLU6: "relu6",
-    nn.LeakyReLU: "leaky_relu",
-    nn.PReLU: "prelu",
-    nn.RReLU: "rrelu",
-    nn.ELU: "elu",
-    nn.SELU: "selu",
-    nn.CELU: "celu",
-    nn.GELU: "gelu",
-    nn.SiLU: "silu",
-    nn.Mish: "mish",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.Hardtanh: "hardtanh",
-    nn.Hardsigmoid: "hardsigmoid",
-    nn.Hardswish: "hardswish",
-    nn.Softsign: "softsign",
-    nn.Softplus: "softplus",
-    nn.Softmax: "softmax",
-    nn.LogSoftmax: "log_softmax",
-    nn.Tanhshrink: "tanhshrink",
-    nn.LogSigmoid: "log_sigmoid",
-}
-
-_KINDS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
-    ((nn.Linear, nn.Bilinear), "linear"),
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "conv"),
-    (
-        (
-            nn.BatchNorm1d,
-            nn.BatchNorm2d,
-            nn.BatchNorm3d,
-            nn.SyncBatchNorm,
-            nn.LayerNorm,
-            nn.GroupNorm,
-            nn.InstanceNorm1d,
-            nn.InstanceNorm2d,
-            nn.InstanceNorm3d,
-            nn.LocalResponseNorm,
-            nn.RMSNorm,
-        ),
-        "norm",
-    ),
-    ((nn.RNNBase, nn.RNNCellBase), "recurrent"),
-    ((nn.MultiheadAttention,), "attention"),
-    ((nn.Embedding, nn.EmbeddingBag), "embedding"),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout), "dropout"),
-    (
-        (
-            nn.MaxPool1d,
-            nn.MaxPool2d,
-            nn.MaxPool3d,
-            nn.AvgPool1d,
-            nn.AvgPool2d,
-            nn.AvgPool3d,
-            nn.AdaptiveAvgPool1d,
-            nn.AdaptiveAvgPool2d,
-            nn.AdaptiveAvgPool3d,
-            nn.AdaptiveMaxPool1d,
-            nn.AdaptiveMaxPool2d,
-            nn.AdaptiveMaxPool3d,
-        ),
-        "pooling",
-    ),
+from nndiag.collect.distributed import local
+from nndiag.collect.modules import (
+    ATOMIC_TYPES,
+    BATCHNORM_TYPES,
+    CHANNELS_FIRST_KINDS,
+    RELU_FAMILY,
+    activation_name,
+    clean_name,
+    fan_in_out,
+    float_tensors,
+    is_channels_first,
+    module_facts,
+    module_kind,
+    recorded_modules,
+    saturation_bounds,
 )
+from nndiag.facts import InitFacts, LayerFacts, ModelFacts, ParamFacts
 
-# Layers whose outputs are channels-first (unit = dim 1) whatever their rank.
-CHANNELS_FIRST_KINDS = ("conv", "pooling")
-_CHANNELS_FIRST_NORMS = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.GroupNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-)
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# the kinds whose layers are given the activation that follows them, and the kinds that end the search
+_FED_KINDS = ("linear", "conv")
+_STOP_KINDS = ("linear", "conv", "recurrent", "attention", "embedding")
 
 
-# Class-name fragments of activation modules from other libraries (e.g. Hugging Face's
-# GELUActivation, NewGELUActivation, QuickGELUActivation), most specific first.
-_NAME_HINTS = (
-    ("leakyrelu", "leaky_relu"),
-    ("relu6", "relu6"),
-    ("relu", "relu"),
-    ("gelu", "gelu"),
-    ("silu", "silu"),
-    ("swish", "silu"),
-    ("mish", "mish"),
-    ("elu", "elu"),
-    ("tanh", "tanh"),
-    ("sigmoid", "sigmoid"),
-)
+def build_model_facts(
+    model: nn.Module,
+    modules: Sequence[tuple[str, dict[str, Any]]],
+    forward_order: list[str],
+    out_shapes: dict[str, list[int]],
+    batch_size: int | None,
+    optimizers: Sequence[Any],
+    init: dict[str, InitFacts],
+    start_step: int,
+) -> ModelFacts:
+    """The model facts of a run.
+
+    Args:
+        model: the root module.
+        modules: ``(name, module_facts(module))`` of every recorded module.
+        forward_order: recorded modules in the order the first logging step's forward called them.
+        out_shapes: each called module's (first) output shape.
+        batch_size: the batch size of that forward pass.
+        optimizers: the run's optimizers (their parameter groups and hyperparameters).
+        init: :func:`initial_weight_facts` of the model before training (``{}``: unknown).
+        start_step: the step the run starts at (a resumed run's).
+    """
+    order = {name: i for i, name in enumerate(forward_order)}
+    layers = {
+        name: {**info, "forward_order": order.get(name), "out_shape": out_shapes.get(name)} for name, info in modules
+    }
+    link_activations(layers, forward_order)
+    in_opt = {id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]}
+    params = {}
+    for raw, p in model.named_parameters():
+        n = clean_name(raw)
+        params[n] = ParamFacts(
+            shape=list(p.shape),
+            numel=p.numel(),
+            trainable=p.requires_grad,
+            in_optimizer=id(p) in in_opt,
+            layer=n.rsplit(".", 1)[0] if "." in n else "",
+        )
+    typed = {name: LayerFacts.from_dict(info) for name, info in layers.items()}
+    return ModelFacts(
+        layers=typed,
+        params=params,
+        forward_order=list(forward_order),
+        has_batchnorm=any(v.is_batchnorm for v in typed.values()),
+        batch_size=batch_size,
+        n_params=sum(p.numel() for p in model.parameters()),
+        n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        optimizers=[optimizer_facts(o) for o in optimizers],
+        model_class=type(model).__name__,
+        init=dict(init),
+        resumed_at=start_step or None,
+    )
 
 
-def activation_name(module: nn.Module) -> str | None:
-    """Activation family of an activation module (``"relu"``, ``"tanh"``, ...), else ``None``.
+def initial_weight_facts(model: nn.Module | None) -> dict[str, InitFacts]:
+    """Per parameter, before training: mean, std, max |w|, and whether all units are identical.
 
-    Besides ``torch.nn`` activations, parameter-free modules of other libraries are recognised
-    by class name (``GELUActivation`` -> ``"gelu"``).
+    ``units_identical`` (tensors with >= 2 dims and >= 2 output units): every output unit's
+    weights equal the first's, i.e. a symmetric (e.g. constant or all-zero) initialisation.
+    One pass over the parameters with a single host transfer, once per run.
 
     Example:
         >>> import torch.nn as nn
-        >>> class NewGELUActivation(nn.Module): ...
-        >>> class ParallelUnit(nn.Module): ...
-        >>> activation_name(NewGELUActivation()), activation_name(ParallelUnit()), activation_name(nn.Linear(2, 2))
-        ('gelu', None, None)
+        >>> lin = nn.Linear(3, 4)
+        >>> _ = nn.init.constant_(lin.weight, 0.5)
+        >>> initial_weight_facts(lin)["weight"].units_identical
+        True
     """
-    for cls in type(module).__mro__:
-        if cls in _ACTIVATIONS:
-            return _ACTIVATIONS[cls]
-    if type(module).__module__.startswith("torch.") or next(module.parameters(recurse=False), None) is not None:
-        return None
-    name = type(module).__name__.lower().removesuffix("activation").removesuffix("module")
-    for hint, family in _NAME_HINTS:
-        if name.endswith(hint):
-            return family
-    return None
-
-
-def module_kind(module: nn.Module) -> str:
-    """One of linear, conv, norm, activation, recurrent, attention, embedding, dropout, pooling, other."""
-    if activation_name(module) is not None:
-        return "activation"
-    for types, kind in _KINDS:
-        if isinstance(module, types):
-            return kind
-    return "other"
-
-
-def saturation_bounds(module: nn.Module) -> tuple[float | None, float | None] | None:
-    """Bounds of the non-saturated region for saturating activations, else ``None``.
-
-    Hardtanh-style modules saturate at their clip values (``y <= min_val`` or ``y >= max_val``).
-    """
-    from nndiag.stats.activations import SATURATION_RULES
-
-    act = activation_name(module)
-    if act in SATURATION_RULES:
-        return SATURATION_RULES[act]
-    if isinstance(module, nn.Hardtanh):  # also ReLU6
-        low = None if isinstance(module, nn.ReLU6) else float(module.min_val)
-        return (low, float(module.max_val))
-    if act == "hardsigmoid":
-        return (0.0, 1.0)
-    return None
-
-
-def is_channels_first(module: nn.Module) -> bool:
-    """Whether the module's output has its units (channels) in dim 1 for every rank."""
-    return module_kind(module) in CHANNELS_FIRST_KINDS or isinstance(module, _CHANNELS_FIRST_NORMS)
-
-
-def fan_in_out(module: nn.Module) -> tuple[int | None, int | None]:
-    """Fan-in and fan-out of a weight layer, as used by Xavier/He initialisation."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if isinstance(module, nn.Bilinear):
-        return module.in1_features + module.in2_features, module.out_features
-    if isinstance(module, nn.modules.conv._ConvNd):
-        receptive = math.prod(module.kernel_size)
-        groups = module.groups
-        if module.transposed:
-            return module.out_channels // groups * receptive, module.in_channels // groups * receptive
-        return module.in_channels // groups * receptive, module.out_channels // groups * receptive
-    if isinstance(module, nn.RNNBase):
-        return module.input_size, module.hidden_size
-    if isinstance(module, nn.RNNCellBase):
-        return module.input_size, module.hidden_size
-    if isinstance(module, nn.MultiheadAttention):
-        return module.embed_dim, module.embed_dim
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        return None, module.embedding_dim
-    return None, None
-
-
-def module_facts(module: nn.Module) -> dict[str, Any]:
-    """Facts about one module that do not depend on running it."""
-    fan_in, fan_out = fan_in_out(module)
+    if model is None:
+        return {}
+    names: list[str] = []
+    rows: list[torch.Tensor] = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if nn.parameter.is_lazy(p) or p.numel() == 0 or not p.is_floating_point():
+                continue  # lazy modules' parameters do not exist before the first forward pass
+            w = local(p.detach()).float()  # FSDP: this rank's shard (no collective)
+            if w.numel() == 0:
+                continue
+            flat = w.reshape(w.shape[0], -1) if w.dim() >= 2 else None
+            if flat is not None and flat.shape[0] >= 2:
+                identical = (flat - flat[:1]).abs().amax() == 0
+            else:
+                identical = w.new_zeros((), dtype=torch.bool)
+            std = w.std(correction=0) if w.numel() > 1 else w.new_zeros(())
+            rows.append(torch.stack([w.mean(), std, w.abs().amax(), identical.float()]))
+            names.append(clean_name(name))
+    if not rows:
+        return {}
+    values = torch.stack([r.to(rows[0].device) for r in rows]).tolist()
     return {
-        "module_type": type(module).__name__,
-        "kind": module_kind(module),
-        "activation": activation_name(module),
-        "fan_in": fan_in,
-        "fan_out": fan_out,
-        "is_batchnorm": isinstance(module, BATCHNORM_TYPES),
-        "n_params": sum(p.numel() for p in module.parameters(recurse=False)),
+        n: InitFacts(mean=v[0], std=v[1], absmax=v[2], units_identical=bool(v[3]))
+        for n, v in zip(names, values, strict=True)
     }
 
 
-def clean_name(name: str) -> str:
-    """A module or parameter name without ``torch.compile``'s ``_orig_mod`` wrapper level.
-
-    Example:
-        >>> clean_name("net._orig_mod.fc1.weight"), clean_name("_orig_mod.0")
-        ('net.fc1.weight', '0')
-    """
-    return name.replace("._orig_mod.", ".").removeprefix("_orig_mod.").removesuffix("._orig_mod")
-
-
-def recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The modules nndiag hooks: leaves, plus atomic containers (whose children are then skipped).
-
-    The root itself is included when it is a leaf (a bare ``nn.Linear`` model).
-    """
-    out: list[tuple[str, nn.Module]] = []
-    skip_prefixes: list[str] = []
-    for name, mod in model.named_modules():
-        if any(name.startswith(p) for p in skip_prefixes):
+def link_activations(layers: dict[str, dict[str, Any]], order: list[str]) -> None:
+    """Give each linear/conv layer the activation that follows it in forward order (in place)."""
+    for i, name in enumerate(order):
+        if layers.get(name, {}).get("kind") not in _FED_KINDS:
             continue
-        if isinstance(mod, ATOMIC_TYPES):
-            out.append((clean_name(name) or type(mod).__name__, mod))
-            skip_prefixes.append(name + "." if name else "")
-            continue
-        if next(mod.children(), None) is None:
-            out.append((clean_name(name) or type(mod).__name__, mod))
-    return out
+        follow = None
+        for nxt in order[i + 1 :]:
+            kind = layers.get(nxt, {}).get("kind")
+            if kind == "activation":
+                follow = layers[nxt]["activation"]
+                break
+            if kind in _STOP_KINDS:
+                break
+        layers[name]["activation"] = follow
 
 
-def float_tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
-    """All floating-point tensors in a (nested) output: tensor, tuple, list, dict, dataclass, PackedSequence."""
-    if depth > 4 or obj is None:
-        return []
-    if isinstance(obj, torch.Tensor):
-        return [obj] if obj.is_floating_point() else []
-    if isinstance(obj, nn.utils.rnn.PackedSequence):
-        return float_tensors(obj.data, depth + 1)
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in float_tensors(v, depth + 1)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in float_tensors(v, depth + 1)]
-    fields = getattr(obj, "__dataclass_fields__", None)
-    if fields is not None:
-        return [t for name in fields for t in float_tensors(getattr(obj, name, None), depth + 1)]
-    return []
+def optimizer_facts(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer's class and per-group hyperparameters (JSON-safe values only) and parameter count."""
+    groups = []
+    for g in opt.param_groups:
+        hp = {k: v for k, v in g.items() if k != "params" and isinstance(v, (int, float, bool, str, tuple))}
+        hp["n_params"] = sum(p.numel() for p in g["params"])
+        groups.append(hp)
+    return {"class": type(opt).__name__, "param_groups": groups}
+
+
+__all__ = [
+    "ATOMIC_TYPES",
+    "BATCHNORM_TYPES",
+    "CHANNELS_FIRST_KINDS",
+    "RELU_FAMILY",
+    "activation_name",
+    "build_model_facts",
+    "clean_name",
+    "fan_in_out",
+    "float_tensors",
+    "initial_weight_facts",
+    "is_channels_first",
+    "link_activations",
+    "module_facts",
+    "module_kind",
+    "optimizer_facts",
+    "recorded_modules",
+    "saturation_bounds",
+]

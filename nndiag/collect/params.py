@@ -32,7 +32,7 @@ from torch import nn
 
 from nndiag import quantities as Q
 from nndiag.collect.distributed import local
-from nndiag.collect.facts import clean_name
+from nndiag.collect.modules import clean_name
 from nndiag.stats.activations import as_float
 from nndiag.stats.params import norms
 

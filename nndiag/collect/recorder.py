@@ -46,11 +46,12 @@ from torch import nn
 
 from nndiag import quantities as Q
 from nndiag.collect.activations import ActivationCollector
-from nndiag.collect.distributed import Combined, LocalCombiner, RankCombiner, StepPayload, local
-from nndiag.collect.facts import clean_name, module_facts
+from nndiag.collect.distributed import Combined, LocalCombiner, RankCombiner, StepPayload
+from nndiag.collect.facts import build_model_facts, initial_weight_facts, module_facts
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
 from nndiag.config import RecorderConfig
+from nndiag.facts import InitFacts, ModelFacts
 from nndiag.guard import ErrorGuard
 from nndiag.schedule import Schedule, resolve_schedule
 
@@ -68,7 +69,7 @@ class Recorder:
         guard: ErrorGuard | None = None,
         start_step: int = 0,
         combiner: LocalCombiner | RankCombiner | None = None,
-        init_facts: dict[str, dict[str, Any]] | None = None,
+        init_facts: dict[str, InitFacts] | dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.config = config or RecorderConfig()
         self.combiner = combiner or LocalCombiner()
@@ -95,7 +96,9 @@ class Recorder:
         self._start_step = start_step
         # a run that starts past step 0 (resumed) has trained weights: its "initial" weights are the
         # original run's (passed in) or unknown, never the weights it resumes with
-        self._init_facts: dict[str, dict[str, Any]] = dict(init_facts or {})
+        self._init_facts: dict[str, InitFacts] = {
+            k: v if isinstance(v, InitFacts) else InitFacts.from_dict(v) for k, v in (init_facts or {}).items()
+        }
         self.closed = False
 
     # -- setup / teardown ------------------------------------------------------------
@@ -328,42 +331,21 @@ class Recorder:
                 self.submit(("facts", facts))
 
     # -- model facts -----------------------------------------------------------------
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> ModelFacts:
         """Model facts: per-layer kind, activation, forward order, fan-in; BatchNorm; batch size."""
         assert self.model is not None
         ff = self.acts.facts
-        order = {name: i for i, name in enumerate(ff.order)}
-        layers: dict[str, dict[str, Any]] = {}
-        for name, mod in self.acts.modules:
-            info = module_facts(mod)
-            info["forward_order"] = order.get(name)
-            info["out_shape"] = ff.out_shapes.get(name)
-            layers[name] = info
-        _link_activations(layers, ff.order)
-        in_opt = {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
-        params = {}
-        for raw, p in self.model.named_parameters():
-            n = clean_name(raw)
-            params[n] = {
-                "shape": list(p.shape),
-                "numel": p.numel(),
-                "trainable": p.requires_grad,
-                "in_optimizer": id(p) in in_opt,
-                "layer": n.rsplit(".", 1)[0] if "." in n else "",
-            }
-        return {
-            "layers": layers,
-            "params": params,
-            "forward_order": ff.order,
-            "has_batchnorm": any(v["is_batchnorm"] for v in layers.values()),
-            "batch_size": ff.batch_size,
-            "n_params": sum(p.numel() for p in self.model.parameters()),
-            "n_trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            "optimizers": [_optimizer_facts(o) for o in self.optimizers],
-            "model_class": type(self.model).__name__,
-            "init": self._init_facts,
-            "resumed_at": self._start_step or None,
-        }
+        modules = [(name, module_facts(mod)) for name, mod in self.acts.modules]
+        return build_model_facts(
+            self.model,
+            modules,
+            ff.order,
+            ff.out_shapes,
+            ff.batch_size,
+            self.optimizers,
+            self._init_facts,
+            self._start_step,
+        )
 
 
 def _lr_copy(lr: Any) -> Any:
@@ -376,70 +358,3 @@ def _step_closure(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> A
     positional = [a for a in args if a is not optimizer]  # the step hooks' args start with the optimizer
     closure = kwargs.get("closure", positional[0] if positional else None)
     return closure if callable(closure) else None
-
-
-def initial_weight_facts(model: nn.Module | None) -> dict[str, dict[str, Any]]:
-    """Per parameter, before training: mean, std, max |w|, and whether all units are identical.
-
-    ``units_identical`` (tensors with >= 2 dims and >= 2 output units): every output unit's
-    weights equal the first's, i.e. a symmetric (e.g. constant or all-zero) initialisation.
-    One pass over the parameters with a single host transfer, once per run.
-
-    Example:
-        >>> import torch.nn as nn
-        >>> lin = nn.Linear(3, 4)
-        >>> _ = nn.init.constant_(lin.weight, 0.5)
-        >>> initial_weight_facts(lin)["weight"]["units_identical"]
-        True
-    """
-    if model is None:
-        return {}
-    names: list[str] = []
-    rows: list[torch.Tensor] = []
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if nn.parameter.is_lazy(p) or p.numel() == 0 or not p.is_floating_point():
-                continue  # lazy modules' parameters do not exist before the first forward pass
-            w = local(p.detach()).float()  # FSDP: this rank's shard (no collective)
-            if w.numel() == 0:
-                continue
-            flat = w.reshape(w.shape[0], -1) if w.dim() >= 2 else None
-            if flat is not None and flat.shape[0] >= 2:
-                identical = (flat - flat[:1]).abs().amax() == 0
-            else:
-                identical = w.new_zeros((), dtype=torch.bool)
-            std = w.std(correction=0) if w.numel() > 1 else w.new_zeros(())
-            rows.append(torch.stack([w.mean(), std, w.abs().amax(), identical.float()]))
-            names.append(clean_name(name))
-    if not rows:
-        return {}
-    values = torch.stack([r.to(rows[0].device) for r in rows]).tolist()
-    return {
-        n: {"mean": v[0], "std": v[1], "absmax": v[2], "units_identical": bool(v[3])}
-        for n, v in zip(names, values, strict=True)
-    }
-
-
-def _link_activations(layers: dict[str, dict[str, Any]], order: list[str]) -> None:
-    """Give each linear/conv/recurrent layer the activation that follows it in forward order."""
-    for i, name in enumerate(order):
-        if layers.get(name, {}).get("kind") not in ("linear", "conv"):
-            continue
-        follow = None
-        for nxt in order[i + 1 :]:
-            kind = layers.get(nxt, {}).get("kind")
-            if kind == "activation":
-                follow = layers[nxt]["activation"]
-                break
-            if kind in ("linear", "conv", "recurrent", "attention", "embedding"):
-                break
-        layers[name]["activation"] = follow
-
-
-def _optimizer_facts(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    groups = []
-    for g in opt.param_groups:
-        hp = {k: v for k, v in g.items() if k != "params" and isinstance(v, (int, float, bool, str, tuple))}
-        hp["n_params"] = sum(p.numel() for p in g["params"])
-        groups.append(hp)
-    return {"class": type(opt).__name__, "param_groups": groups}

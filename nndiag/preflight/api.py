@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -93,9 +94,9 @@ def preflight(
         fwd = forward_pass(model, x, y, loss_fn if y is not None else None)
         classification = is_classification_loss(loss_fn) and y is not None
         classes = num_classes if num_classes is not None else classes_of(fwd.output, y) if classification else None
-        facts = dict(fwd.facts)
+        facts = fwd.facts
         if classes is not None:
-            facts["num_classes"] = classes
+            facts = replace(facts, num_classes=classes)
         diagnoses = forward_diagnoses(fwd.history, facts, cfg)
         trainable = loss_fn is not None and y is not None
         if loss_fn is None or y is None:

@@ -17,13 +17,13 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
 from nndiag.advisor import Advisor, by_severity
 from nndiag.diagnosis import Diagnosis
+from nndiag.facts import ModelFacts
 from nndiag.rules.config import AdvisorConfig
 from nndiag.rules.registry import RULES
 from nndiag.rules.view import RunView
@@ -44,8 +44,10 @@ PREFLIGHT_RULES = (
 PREFLIGHT_CODES = (*PREFLIGHT_RULES, "nonfinite_input")
 
 
-def forward_diagnoses(history: pd.DataFrame, facts: dict[str, Any], config: AdvisorConfig) -> list[Diagnosis]:
+def forward_diagnoses(
+    history: pd.DataFrame, facts: ModelFacts | dict[str, Any], config: AdvisorConfig
+) -> list[Diagnosis]:
     """Diagnoses of a one-step history, most severe and most causal first (:func:`~nndiag.advisor.by_severity`)."""
-    advisor = Advisor(replace(config, sustained_checks=1), rules=[RULES[name] for name in PREFLIGHT_RULES])
+    advisor = Advisor(config.replace(sustained_checks=1), rules=[RULES[name] for name in PREFLIGHT_CODES])
     advisor.check(RunView(history, facts))
     return by_severity(d for d in advisor.diagnoses if d.code in PREFLIGHT_CODES)

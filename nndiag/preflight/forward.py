@@ -31,7 +31,9 @@ from torch import nn
 from nndiag import quantities as Q
 from nndiag.collect.packet import Packet
 from nndiag.collect.recorder import Recorder
+from nndiag.facts import ModelFacts
 from nndiag.guard import ErrorGuard
+from nndiag.pivot import pivot_last
 from nndiag.preflight.loss import LossFn, loss_value
 from nndiag.rows import COLUMNS
 
@@ -53,7 +55,7 @@ class ForwardResult:
     """
 
     history: pd.DataFrame
-    facts: dict[str, Any]
+    facts: ModelFacts
     table: pd.DataFrame
     output: Any
     loss: float | None
@@ -101,7 +103,7 @@ def forward_pass(model: nn.Module, x: Any, y: Any = None, loss_fn: LossFn | None
     return ForwardResult(history, facts, build_table(history, facts), _detach(output), _loss(loss))
 
 
-def build_table(history: pd.DataFrame, facts: dict[str, Any]) -> pd.DataFrame:
+def build_table(history: pd.DataFrame, facts: ModelFacts | dict[str, Any]) -> pd.DataFrame:
     """The lecture's per-layer table from a one-step history: rows in forward order, NaN where a stat does not apply.
 
     Example:
@@ -111,10 +113,10 @@ def build_table(history: pd.DataFrame, facts: dict[str, Any]) -> pd.DataFrame:
           layer    kind  mean  std  dead_frac  sat_frac
         0    fc  Linear   0.0  0.5        NaN       NaN
     """
-    wide = history.pivot_table(index="layer", columns="stat", values="value", aggfunc="last") if len(history) else None
-    layers = facts.get("layers") or {}
+    wide = pivot_last(history, "layer", "stat") if len(history) else None
+    known = ModelFacts.from_dict(facts)
     rows = []
-    for name in facts.get("forward_order") or []:
+    for name in known.forward_order:
         if wide is None or name not in wide.index or Q.ACT_STD not in wide.columns:
             continue
         stats = wide.loc[name]
@@ -123,7 +125,7 @@ def build_table(history: pd.DataFrame, facts: dict[str, Any]) -> pd.DataFrame:
         rows.append(
             [
                 name,
-                str((layers.get(name) or {}).get("module_type", "")),
+                str(known.layer(name).module_type or ""),
                 float(stats.get(Q.ACT_MEAN, math.nan)),
                 float(stats[Q.ACT_STD]),
                 float(stats.get(Q.DEAD_FRAC, math.nan)),
@@ -135,9 +137,9 @@ def build_table(history: pd.DataFrame, facts: dict[str, Any]) -> pd.DataFrame:
     )
 
 
-def _collect(packets: list[Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _collect(packets: list[Any]) -> tuple[pd.DataFrame, ModelFacts]:
     frames = [p.decode().frame() for p in packets if isinstance(p, Packet)]
-    facts: dict[str, Any] = next((p[1] for p in packets if isinstance(p, tuple) and p[0] == "facts"), {})
+    facts = ModelFacts.from_dict(next((p[1] for p in packets if isinstance(p, tuple) and p[0] == "facts"), None))
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS}), facts
     history = pd.concat(frames, ignore_index=True)

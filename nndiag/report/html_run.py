@@ -100,7 +100,7 @@ def header_html(report: RunReport) -> str:
         facts.append(f"loss {num(o['loss_first'])} → {num(o['loss_last'])} (min {num(o['loss_min'])})")
     if o["val_loss_last"] is not None:
         facts.append(f"validation loss {num(o['val_loss_last'])} (min {num(o['val_loss_min'])})")
-    origin = [str(x) for x in (m.get("framework"), report.facts.get("model_class"), m.get("created")) if x]
+    origin = [str(x) for x in (m.get("framework"), report.facts.model_class, m.get("created")) if x]
     return (
         f"<h1>nndiag report: {esc(report.name)}</h1>"
         f'<div class="meta">{esc(report.path)}<br>{" · ".join(facts)}'

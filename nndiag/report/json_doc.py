@@ -58,7 +58,7 @@ def run_document(report: RunReport) -> dict[str, Any]:
             "status": report.verdict.status,
             "created": meta.get("created"),
             "framework": meta.get("framework"),
-            "model_class": report.facts.get("model_class"),
+            "model_class": report.facts.model_class,
             "hparams": meta.get("hparams") or {},
         },
         "verdict": report.verdict.to_dict(),

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nndiag.summary import forward_sorted
+from nndiag.facts import ModelFacts
+from nndiag.pivot import forward_sorted, pivot_last
 
 
 @dataclass(frozen=True)
@@ -34,21 +35,21 @@ class StatMatrix:
         return self.values.size == 0
 
 
-def stat_matrix(history: pd.DataFrame, stat: str, facts: dict[str, Any] | None = None) -> StatMatrix:
+def stat_matrix(history: pd.DataFrame, stat: str, facts: ModelFacts | dict[str, Any] | None = None) -> StatMatrix:
     """Pivot one per-layer statistic into a layer x step matrix (NaN where not recorded)."""
     h = history[(history.stat == stat) & (history.layer != "")]
     if h.empty:
         return StatMatrix(stat, [], np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
-    table = h.pivot_table(index="layer", columns="step", values="value", aggfunc="last", dropna=False)
-    names = forward_sorted(table.index, facts)
+    table = pivot_last(h, "layer", "step")
+    names = forward_sorted(table.index, ModelFacts.from_dict(facts).forward_order)
     table = table.loc[names]
     return StatMatrix(stat, names, table.columns.to_numpy(dtype=np.int64), table.to_numpy(dtype=np.float64))
 
 
-def weight_params(names: list[str], facts: dict[str, Any] | None) -> list[str]:
+def weight_params(names: list[str], facts: ModelFacts | dict[str, Any] | None) -> list[str]:
     """The weight matrices/kernels among parameter names (ndim >= 2 when shapes are known)."""
-    params = (facts or {}).get("params") or {}
-    shaped = [n for n in names if len(params.get(n, {}).get("shape") or []) >= 2]
+    known = ModelFacts.from_dict(facts)
+    shaped = [n for n in names if len(known.param(n).shape or []) >= 2]
     if shaped:
         return shaped
     return [n for n in names if n.endswith("weight")] or names

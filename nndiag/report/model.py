@@ -28,6 +28,7 @@ import pandas as pd
 from nndiag import quantities as Q
 from nndiag.advisor import by_severity
 from nndiag.diagnosis import Diagnosis
+from nndiag.facts import LayerFacts, ModelFacts
 from nndiag.report.layers import StatMatrix, stat_matrix
 from nndiag.report.verdict import Verdict, verdict
 from nndiag.store.reader import load_run
@@ -58,7 +59,7 @@ class RunReport:
     path: Path
     name: str
     meta: dict[str, Any]
-    facts: dict[str, Any]
+    facts: ModelFacts
     verdict: Verdict
     diagnoses: list[Diagnosis]
     overview: dict[str, Any]
@@ -76,9 +77,9 @@ class RunReport:
 
     def layer_kind(self, name: str) -> str:
         """``Linear``, ``ReLU``, ... for a layer; the owning layer's for a parameter; ``""`` if unknown."""
-        layers = self.facts.get("layers") or {}
-        info = layers.get(name) or layers.get(name.rsplit(".", 1)[0]) or {}
-        return str(info.get("module_type") or ("model input" if name == Q.INPUT_LAYER else ""))
+        layers = self.facts.layers
+        info = layers.get(name) or layers.get(name.rsplit(".", 1)[0]) or LayerFacts()
+        return str(info.module_type or ("model input" if name == Q.INPUT_LAYER else ""))
 
 
 def build_report(path: str | Path, max_steps: int = MAX_REPORT_STEPS) -> RunReport:
@@ -95,12 +96,13 @@ def build_report(path: str | Path, max_steps: int = MAX_REPORT_STEPS) -> RunRepo
     status = str(loaded.meta.get("status", "unknown"))
     overview = _overview(history)
     diagnoses = by_severity(loaded.diagnoses)
-    summary = layer_summary(history, loaded.facts, KEY_STATS)  # forward order
+    facts = ModelFacts.from_dict(loaded.facts)
+    summary = layer_summary(history, facts, KEY_STATS)  # forward order
     return RunReport(
         path=run_dir,
         name="/".join(run_dir.parts[-2:]),
         meta=loaded.meta,
-        facts=loaded.facts,
+        facts=facts,
         verdict=verdict(diagnoses, status, overview["optimizer_steps"]),
         diagnoses=diagnoses,
         overview=overview,

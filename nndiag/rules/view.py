@@ -1,7 +1,8 @@
 """``RunView``: the read-only view of a run that rules evaluate (history + model facts).
 
 Rules never touch the raw DataFrame layout; they ask the view for a series or a
-steps x layers matrix, and for model facts in forward order.
+steps x layers matrix (:func:`nndiag.pivot.pivot_last`), and for model facts
+(:class:`~nndiag.facts.ModelFacts`; a plain facts dict is converted) in forward order.
 
 Example:
     >>> import pandas as pd
@@ -23,13 +24,17 @@ from typing import Any
 
 import pandas as pd
 
+from nndiag import quantities as Q
+from nndiag.facts import LayerFacts, ModelFacts, ParamFacts
+from nndiag.pivot import forward_sorted, pivot_last
+
 
 class RunView:
     """History (long format) and facts of one run, with cached pivots."""
 
-    def __init__(self, history: pd.DataFrame, facts: dict[str, Any] | None = None) -> None:
+    def __init__(self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any] | None = None) -> None:
         self.history = history
-        self.facts = facts or {}
+        self.facts = ModelFacts.from_dict(facts)
         self._by_stat = {stat: frame for stat, frame in history.groupby("stat", sort=False)} if len(history) else {}
         self._matrices: dict[str, pd.DataFrame] = {}
 
@@ -57,41 +62,33 @@ class RunView:
             if frame is None or frame.empty:
                 self._matrices[stat] = pd.DataFrame()
             else:
-                m = frame.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+                m = pivot_last(frame, "step", "layer")
                 self._matrices[stat] = m[self.ordered([str(c) for c in m.columns])]
         return self._matrices[stat]
 
     def ordered(self, names: list[str]) -> list[str]:
         """``names`` sorted by forward order (``input`` first; parameters after their module)."""
-        order = {name: i for i, name in enumerate(["input", *self.forward_order])}
-
-        def key(name: str) -> tuple[float, str]:
-            if name in order:
-                return (order[name], name)
-            owner = name.rsplit(".", 1)[0] if "." in name else ""
-            return (order.get(owner, len(order)) + 0.5, name)
-
-        return sorted(names, key=key)
+        return forward_sorted(names, self.facts.forward_order)
 
     @property
     def forward_order(self) -> list[str]:
         """Recorded modules in the order the forward pass called them."""
-        return list(self.facts.get("forward_order") or [])
+        return list(self.facts.forward_order)
 
-    def layer(self, name: str) -> dict[str, Any]:
-        """Facts of one module (empty dict when unknown)."""
-        return dict((self.facts.get("layers") or {}).get(name, {}))
+    def layer(self, name: str) -> LayerFacts:
+        """Facts of one module (all unknown when it was not recorded)."""
+        return self.facts.layer(name)
 
-    def param(self, name: str) -> dict[str, Any]:
-        """Facts of one parameter (empty dict when unknown)."""
-        return dict((self.facts.get("params") or {}).get(name, {}))
+    def param(self, name: str) -> ParamFacts:
+        """Facts of one parameter (all unknown when it is not known)."""
+        return self.facts.param(name)
 
     def first_nonfinite(self, layers: list[str] | None = None, upto: int | None = None) -> tuple[str, int] | None:
         """``(layer, step)`` where NaN/Inf first appeared: the earliest step, then forward order.
 
         Only ``layers`` (default: every recorded module and the input) and steps ``<= upto`` count.
         """
-        m = self.matrix("nonfinite")
+        m = self.matrix(Q.NONFINITE)
         if m.empty:
             return None
         if layers is not None:
@@ -111,14 +108,14 @@ class RunView:
         ``facts['num_classes']`` if the user set it, else the width of the last recorded module's
         output when that module is a linear layer with at least 2 outputs.
         """
-        user = self.facts.get("num_classes")
+        user = self.facts.num_classes
         if isinstance(user, int) and user >= 2:
             return user
         if not self.forward_order:
             return None
         last = self.layer(self.forward_order[-1])
-        shape = last.get("out_shape") or []
-        if last.get("kind") == "linear" and shape and isinstance(shape[-1], int) and shape[-1] >= 2:
+        shape = last.out_shape or []
+        if last.kind == "linear" and shape and isinstance(shape[-1], int) and shape[-1] >= 2:
             return int(shape[-1])
         return None
 

@@ -1,0 +1,47 @@
+"""The one long -> wide pivot of recorded history, and the forward-order sort of layer names.
+
+Every wide view of the history (the rules' steps x layers matrices, the report's layer x step
+heatmaps, preflight's layer x statistic table) is :func:`pivot_last` of the long rows
+``(step, layer, stat, value)``; names are put in forward order by :func:`forward_sorted`.
+
+Example:
+    >>> import pandas as pd
+    >>> h = pd.DataFrame({"step": [0, 0, 1], "layer": ["b", "a", "b"], "stat": ["act_std"] * 3,
+    ...                   "value": [1.0, 2.0, 3.0]})
+    >>> pivot_last(h, "step", "layer").to_dict()
+    {'a': {0: 2.0, 1: nan}, 'b': {0: 1.0, 1: 3.0}}
+    >>> forward_sorted(["fc2", "fc1.weight", "input", "fc1", "x"], ["fc1", "fc2"])
+    ['input', 'fc1', 'fc1.weight', 'fc2', 'x']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from nndiag.quantities import INPUT_LAYER
+
+
+def pivot_last(frame: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
+    """Long rows -> a wide table of ``value`` (the last value where a cell repeats; NaN where missing)."""
+    return frame.pivot_table(index=index, columns=columns, values="value", aggfunc="last", dropna=False)
+
+
+def forward_sorted(names: Iterable[str], forward_order: Sequence[str] | None) -> list[str]:
+    """``names`` in forward order: ``input`` first, modules as executed, parameters after their module.
+
+    Names of neither kind come last, alphabetically.
+    """
+    rank = {name: i for i, name in enumerate([INPUT_LAYER, *(forward_order or [])])}
+
+    def key(name: str) -> tuple[float, str]:
+        if name in rank:
+            return (rank[name], name)
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        return (rank[owner] + 0.5 if owner in rank else len(rank) + 1.0, name)
+
+    return sorted(names, key=key)
+
+
+__all__ = ["forward_sorted", "pivot_last"]
