@@ -82,6 +82,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
     ) from exc
 
 STATE_KEY = "nndiag_resume"  # attribute name of the saved state in trainer_state.json
+_WRONG_TRAINER = (
+    "nndiag.integrations.transformers.NndiagCallback is a Hugging Face Trainer callback; "
+    "for a Lightning Trainer use nndiag.DiagnosticsCallback."
+)
 
 
 class NndiagCallback(TrainerCallback, ExportableState):
@@ -324,13 +328,17 @@ class NndiagCallback(TrainerCallback, ExportableState):
     def nndiag_resume(self, value: Any) -> None:
         self._resume = _parse_state(value)
 
-    # -- the wrong trainer -----------------------------------------------------------
-    def setup(self, trainer: Any = None, *args: Any, **kwargs: Any) -> None:
-        """Lightning calls ``setup`` first: say which callback Lightning needs."""
-        raise TypeError(
-            "nndiag.integrations.transformers.NndiagCallback is a Hugging Face Trainer callback; "
-            "for a Lightning Trainer use nndiag.DiagnosticsCallback."
-        )
+    # -- the wrong trainer: a Lightning Trainer reads ``state_key`` and calls ``setup`` first --
+    @property
+    def state_key(self) -> str:
+        """Lightning's callback identity: raises, naming the callback Lightning needs."""
+        raise TypeError(_WRONG_TRAINER)
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_WRONG_TRAINER)
+
+    def on_exception(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's failure hook: nothing to do (lets the ``TypeError`` above reach the user)."""
 
 
 def _find_trainer() -> Any:

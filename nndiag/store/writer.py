@@ -16,11 +16,14 @@ Example:
     >>> store.close()
     >>> load_run(d).history.value.tolist()
     [2.3]
+    >>> import os; sorted(os.listdir(d))  # no -wal / -shm left after a normal close
+    ['nndiag.sqlite']
 
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -136,10 +139,17 @@ class RunStore:
         self._conn.execute("COMMIT")
 
     def close(self, status: str = "finished") -> None:
-        """Flush, record the final status and close the connection."""
+        """Flush, record the final status and close the connection.
+
+        The journal goes back from WAL to a plain rollback journal: the WAL is checkpointed into the
+        database and the ``-wal``/``-shm`` files are removed, so a finished run is one file that a
+        read-only reader opens as it is. (A killed run keeps them; it loads all the same.)
+        """
         try:
             self.flush()
             self.write_meta("status", status)
+            with contextlib.suppress(sqlite3.Error):  # a reader holding the database open: WAL stays
+                self._conn.execute("PRAGMA journal_mode=DELETE").fetchone()
         finally:
             self._conn.close()
 
