@@ -158,6 +158,15 @@ class _DiagnosticsCallbackImpl:
             return None
         return str(self.session.log_dir)
 
+    # -- the wrong trainer: Hugging Face calls on_init_end (or on_train_begin when added later) --
+    def on_init_end(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "nndiag.DiagnosticsCallback is a Lightning callback; for a Hugging Face Trainer use "
+            "nndiag.integrations.transformers.NndiagCallback."
+        )
+
+    on_train_begin = on_init_end
+
     # -- Lightning hooks -------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.guard.run("callback start", self._start, trainer, pl_module)
