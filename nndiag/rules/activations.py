@@ -239,7 +239,7 @@ def dead_units(view: RunView, t: DeadUnitsThresholds) -> list[Diagnosis]:
     if input_unscaled(view, t):  # a huge input makes huge first updates
         suggestions.insert(0, "Normalise the inputs (zero mean, unit variance): their scale drives the units' inputs.")
     feeder = _feeding_layer(view, layer)
-    bias = (view.facts.get("init") or {}).get(f"{feeder}.bias") if feeder else None
+    bias = view.facts.init.get(f"{feeder}.bias") if feeder else None
     if bias and float(bias.get("mean", 0.0)) < 0 and abs(float(bias["mean"])) > 2 * float(bias.get("std", 0.0)):
         evidence["bias_init_mean"] = float(bias["mean"])
         suggestions.insert(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.layers import describe, first_step
@@ -33,8 +32,8 @@ class BatchNormThresholds:
 
 def _trained_batchnorms(view: RunView) -> list[str]:
     """BatchNorm layers, in forward order, that are not frozen (affine parameters trainable, or none)."""
-    layers: dict[str, dict[str, Any]] = view.facts.get("layers") or {}
-    params: dict[str, dict[str, Any]] = view.facts.get("params") or {}
+    layers = view.facts.layers
+    params = view.facts.params
     names = [n for n in view.ordered(list(layers)) if layers[n].get("is_batchnorm")]
     out = []
     for n in names:
@@ -53,8 +52,8 @@ def _trained_batchnorms(view: RunView) -> list[str]:
 )
 def batchnorm_small_batch(view: RunView, t: BatchNormThresholds) -> list[Diagnosis]:
     """BatchNorm trained with a per-device batch below ``t.bn_min_batch``: noisy batch statistics."""
-    batch = view.facts.get("batch_size")
-    if not view.facts.get("has_batchnorm") or not isinstance(batch, int) or isinstance(batch, bool):
+    batch = view.facts.batch_size
+    if not view.facts.has_batchnorm or not isinstance(batch, int) or isinstance(batch, bool):
         return []
     if batch <= 0 or batch >= t.bn_min_batch:
         return []

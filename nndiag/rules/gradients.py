@@ -58,9 +58,9 @@ def weight_params(view: RunView) -> list[str]:
     Parameters outside every optimizer are left out (their gradients are never applied). Without
     parameter facts: the recorded ``*.weight`` parameters.
     """
-    params = view.facts.get("params") or {}
+    params = view.facts.params
     called = set(view.forward_order)
-    trained = bool(view.facts.get("optimizers"))  # else in_optimizer is unknown (no torch optimizer)
+    trained = bool(view.facts.optimizers)  # else in_optimizer is unknown (no torch optimizer)
     if params:
         names = [
             n

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nndiag.diagnosis import Diagnosis
+from nndiag.facts import InitFacts
 from nndiag.rules.layers import describe, first_step, is_norm
 from nndiag.rules.registry import NoThresholds, rule
 from nndiag.rules.view import RunView
@@ -82,7 +83,7 @@ def poor_init_scale(view: RunView, t: InitScaleThresholds) -> list[Diagnosis]:
     Too-small scales are not judged in models with attention/embedding layers (residual
     architectures with fixed-std inits). PyTorch's default init is within the factor.
     """
-    init: dict[str, dict[str, Any]] = view.facts.get("init") or {}
+    init = view.facts.init
     if not init or not view.forward_order:
         return []
     residual_like = any(view.layer(n).get("kind") in ("attention", "embedding") for n in view.forward_order)
@@ -146,7 +147,7 @@ def poor_init_scale(view: RunView, t: InitScaleThresholds) -> list[Diagnosis]:
     ]
 
 
-def _constant(stats: dict[str, Any]) -> bool:
+def _constant(stats: InitFacts | dict[str, Any]) -> bool:
     """All elements equal (std 0 up to the rounding of the float32 mean)."""
     std, mean = float(stats.get("std", 1.0)), abs(float(stats.get("mean", 0.0)))
     return std == 0.0 or std <= 1e-6 * mean
@@ -178,7 +179,7 @@ def symmetric_init(view: RunView, t: NoThresholds) -> list[Diagnosis]:
     gradient forever. A zero-initialised last layer (a common trick), or identical units feeding a
     randomly initialised layer, are broken by the first gradients and not reported.
     """
-    init: dict[str, dict[str, Any]] = view.facts.get("init") or {}
+    init = view.facts.init
     if not init or not view.forward_order:
         return []
     hits: list[str] = []

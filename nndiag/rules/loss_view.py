@@ -116,7 +116,7 @@ def softmax_classes(view: RunView, t: ChanceThresholds, loss0: float) -> int | N
     that band almost always, and a loss far below ln C (pretrained model, or not cross-entropy) is
     never judged with an inferred C.
     """
-    user = view.facts.get("num_classes")
+    user = view.facts.num_classes
     if isinstance(user, int) and not isinstance(user, bool) and user >= 2:
         return user
     classes = view.num_classes()

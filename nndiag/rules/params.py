@@ -18,7 +18,6 @@ Initialisation rules (``poor_init_scale``, ``symmetric_init``) are in :mod:`nndi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
@@ -154,7 +153,7 @@ def _weights_first(ordered: list[str]) -> list[str]:
 
 def _cause(view: RunView, param: str, since: int) -> str:
     info = view.param(param)
-    if info.get("in_optimizer") is False and view.facts.get("optimizers"):
+    if info.get("in_optimizer") is False and view.facts.optimizers:
         return "not_in_optimizer"
     grads = view.matrix("grad_norm")
     if param in grads.columns:
@@ -186,7 +185,7 @@ def weights_not_updating(view: RunView, t: FrozenThresholds) -> list[Diagnosis]:
     symmetric network to ``symmetric_init``; biases before BatchNorm get ~0 gradient by design. Frozen
     parameters (``requires_grad=False``) are not trainable and never reported.
     """
-    params: dict[str, dict[str, Any]] = view.facts.get("params") or {}
+    params = view.facts.params
     names = [n for n, p in params.items() if p.get("trainable", True)]
     if not names or not (view.has("update_ratio") or view.has("weight_norm")):
         return []
