@@ -2,9 +2,10 @@
 
 The training thread only enqueues (never blocks: when the queue is full the step is
 dropped with one warning). The writer thread waits for the packet's host copy,
-decodes it into rows and writes memory history, run store and TensorBoard; the
-store is committed every ``flush_seconds``. Each sink is guarded separately, so a
-full disk stops the store, not TensorBoard or ``cb.history``.
+decodes it into rows and publishes them to its subscribers (:mod:`nndiag.subscribers`):
+memory history, run store, TensorBoard and the advisors, in that order; the sinks are
+flushed every ``flush_seconds``. Each sink is guarded separately, so a full disk stops
+the store, not TensorBoard or ``cb.history``.
 
 Example:
     >>> import torch
@@ -32,19 +33,24 @@ from typing import Any
 
 from nndiag import quantities as Q
 from nndiag.advice import AdvisorLoop
-from nndiag.advisor import by_severity
 from nndiag.collect.packet import Packet
+from nndiag.diagnosis import Diagnosis
 from nndiag.facts import ModelFacts
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.sinks.memory import MemoryHistory
 from nndiag.sinks.tensorboard import TensorBoardSink
 from nndiag.store.writer import RunStore
+from nndiag.subscribers import Advising, MemorySubscriber, StoreSubscriber, Subscriber, TensorBoardSubscriber
 
 _STOP = object()
 
 
 class Pipeline:
-    """Owns the writer thread and the sinks."""
+    """Owns the writer thread and publishes every queued item to its subscribers.
+
+    ``memory``, ``store`` and ``tensorboard`` are the sinks (subscribed in that order); ``advice``
+    subscribes the advisors after them; ``subscribers`` adds others (after the advisors).
+    """
 
     def __init__(
         self,
@@ -55,6 +61,7 @@ class Pipeline:
         flush_seconds: float = 2.0,
         max_queue: int = 256,
         advice: AdvisorLoop | None = None,
+        subscribers: list[Subscriber] | None = None,
     ) -> None:
         self.memory = memory if memory is not None else MemoryHistory()
         self.store = store
@@ -63,6 +70,14 @@ class Pipeline:
         self.flush_seconds = flush_seconds
         self.facts: ModelFacts | None = None  # the run's model facts, once the first logging step sent them
         self.advice = advice
+        self.subscribers: list[Subscriber] = [MemorySubscriber(self.memory)]
+        if store is not None:
+            self.subscribers.append(StoreSubscriber(store, self.guard))
+        if tensorboard is not None:
+            self.subscribers.append(TensorBoardSubscriber(tensorboard, self.guard))
+        if advice is not None:
+            self.subscribers.append(Advising(advice, self.memory, lambda: self.facts, self._publish, self.guard))
+        self.subscribers += subscribers or []
         self._nonfinite_seen = False  # the first non-finite loss makes an advisor check urgent
         self.dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
@@ -107,10 +122,8 @@ class Pipeline:
             self._queue.put(_STOP, timeout=timeout)
         self._thread.join(timeout)
         self._closed = True
-        if self.store is not None:
-            self.guard.run("run store", self.store.close, status)
-        if self.tensorboard is not None:
-            self.guard.run("tensorboard", self.tensorboard.close)
+        for sub in self.subscribers:
+            sub.close(status)
 
     # -- writer thread ---------------------------------------------------------------
     def _run(self) -> None:
@@ -121,30 +134,25 @@ class Pipeline:
                 self._flush()
                 continue
             if item is _STOP:
-                self.guard.run("advisors", self._advise)  # the final check, on everything recorded
+                for sub in self.subscribers:
+                    sub.on_stop()  # the advisors' final check, on everything recorded
                 self._flush()
                 return
             urgent = self.guard.run("background writer", self._handle, item)
-            if self.advice is not None and isinstance(item, Packet) and self.advice.due(bool(urgent)):
-                self.guard.run("advisors", self._advise)
+            if isinstance(item, Packet):
+                for sub in self.subscribers:
+                    sub.after_packet(item, bool(urgent))
             if time.monotonic() - self._last_flush >= self.flush_seconds:
                 self._flush()
 
     def _handle(self, item: Any) -> bool:
-        """Write one queued item; True when it carried the run's first non-finite loss (check now)."""
+        """Publish one queued item; True when it carried the run's first non-finite loss (check now)."""
         if isinstance(item, Packet):
             rows = item.decode(finalize=not self.guard.disabled("statistics finalisation"))
             if item.failures:  # one report per packet; after 20 the raw statistics are no longer finalised
                 self.guard.report("statistics finalisation", item.failures[0])
-            self.memory.write_rows(rows)
-            if self.store is not None:
-                self.guard.run("run store", self.store.write_rows, rows)
-            if self.tensorboard is not None:
-                self.guard.run("tensorboard", self.tensorboard.write_rows, rows)
-                if item.hist_keys:
-                    self.guard.run(
-                        "tensorboard histograms", self.tensorboard.write_histograms, item.step, item.histograms()
-                    )
+            for sub in self.subscribers:
+                sub.on_rows(item, rows)
             if self._nonfinite_seen:
                 return False
             self._nonfinite_seen = any(
@@ -153,33 +161,18 @@ class Pipeline:
             return self._nonfinite_seen
         if item[0] == "facts":
             self.facts = ModelFacts.from_dict(item[1])
-            if self.store is not None:
-                self.guard.run("run store", self.store.write_meta, "facts", self.facts.to_dict())
+            for sub in self.subscribers:
+                sub.on_facts(self.facts)
         elif item[0] == "callback":
             self._flush()
             item[1]()
         return False
 
-    def _advise(self) -> None:
-        """Run the advisors on the history so far; persist changes, show the table when it changed."""
-        if self.advice is None:
-            return
-        history = self.memory.frame()
-        if history.empty:
-            return
-        changed = self.advice.run(history, self.facts or ModelFacts())
-        if not changed:
-            return
-        if self.store is not None:
-            self.guard.run("run store", self.store.write_diagnoses, changed)
-        shown = [d for d in changed if d.count == 1 or d.resolved]  # new or resolved: the table changed
-        if shown and self.tensorboard is not None:
-            step = int(history.step.max())
-            self.guard.run("tensorboard", self.tensorboard.write_diagnoses, step, by_severity(self.advice.diagnoses))
+    def _publish(self, step: int, changed: list[Diagnosis], ordered: list[Diagnosis]) -> None:
+        for sub in self.subscribers:
+            sub.on_diagnoses(step, changed, ordered)
 
     def _flush(self) -> None:
         self._last_flush = time.monotonic()
-        if self.store is not None:
-            self.guard.run("run store", self.store.flush)
-        if self.tensorboard is not None:
-            self.guard.run("tensorboard", self.tensorboard.flush)
+        for sub in self.subscribers:
+            sub.flush()

@@ -10,9 +10,9 @@ from typing import Any
 
 from nndiag.advisor import fails
 from nndiag.commands import EXIT_OK, EXIT_PROBLEMS
-from nndiag.commands.jsonout import dumps
 from nndiag.commands.textout import echo
 from nndiag.diagnosis import SEVERITIES
+from nndiag.jsonable import dumps
 from nndiag.store.reader import load_run
 
 

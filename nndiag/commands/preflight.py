@@ -37,9 +37,9 @@ from typing import Any
 from torch import nn
 
 from nndiag.commands import EXIT_OK, EXIT_PROBLEMS
-from nndiag.commands.jsonout import dumps
 from nndiag.commands.textout import echo
 from nndiag.diagnosis import SEVERITIES
+from nndiag.jsonable import dumps
 
 LOSSES: dict[str, Callable[[], Any]] = {
     "cross_entropy": nn.CrossEntropyLoss,

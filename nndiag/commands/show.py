@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from nndiag.commands import EXIT_OK
-from nndiag.commands.jsonout import dumps
 from nndiag.commands.textout import echo
+from nndiag.jsonable import dumps
 from nndiag.store.reader import load_run
 from nndiag.summary import ACTIVATION_STATS, PARAMETER_STATS, layer_summary, render_text, run_overview
 

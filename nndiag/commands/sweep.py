@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from nndiag.commands import EXIT_OK
-from nndiag.commands.jsonout import dumps
 from nndiag.commands.textout import echo
+from nndiag.jsonable import dumps
 
 
 def register(sub: Any) -> None:

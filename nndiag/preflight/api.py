@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from nndiag import quantities as Q
-from nndiag.integrations.advice_options import AdvisorConfigLike
-from nndiag.integrations.advice_options import advisor_config as resolve_advisor_config
+from nndiag.options import AdvisorConfigLike
+from nndiag.options import advisor_config as resolve_advisor_config
 from nndiag.preflight.batch import batch_len, model_device, split_batch, to_device
 from nndiag.preflight.checks import forward_diagnoses
 from nndiag.preflight.forward import forward_pass

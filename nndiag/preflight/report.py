@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from nndiag.advisor import fails
-from nndiag.commands.jsonout import clean
 from nndiag.diagnosis import Diagnosis
+from nndiag.jsonable import clean
 from nndiag.preflight.lr_range import LRFindResult
 from nndiag.preflight.overfit import OverfitResult
 from nndiag.render.page import esc

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from nndiag._version import __version__
-from nndiag.commands.jsonout import clean
+from nndiag.jsonable import clean
 from nndiag.report.compare import Comparison
 from nndiag.report.model import RunReport
 from nndiag.report.schema import REPORT_SCHEMA_VERSION
