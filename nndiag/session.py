@@ -24,7 +24,7 @@ import atexit
 import logging
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from nndiag.diagnosis import Diagnosis
 from nndiag.facts import ModelFacts
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.log import get_logger
+from nndiag.options import DiagnosticsOptions
 from nndiag.pipeline import Pipeline
 from nndiag.resume import ResumeState
 from nndiag.rows import Rows
@@ -67,7 +68,15 @@ class Session:
         guard: ErrorGuard | None = None,
         advice: AdvisorLoop | None = None,
         resume: ResumeState | None = None,
+        options: DiagnosticsOptions | None = None,
+        on_close: Sequence[Callable[[Session], None]] = (),
     ) -> None:
+        if options is not None:  # the adapters' options; explicit arguments take precedence
+            config = config or options.config
+            schedule = schedule if schedule is not None else options.schedule
+            advice = advice if advice is not None else options.advice()
+        self.halt_on: tuple[str, ...] = options.halt_on if options is not None else ()
+        self.on_close = list(on_close)  # called with the session once it closed (e.g. the post-run report)
         self.config = config or RecorderConfig()
         self.guard = guard or ErrorGuard()
         # torch.distributed: every rank records and takes part in the exchange; only rank 0 writes
@@ -199,22 +208,26 @@ class Session:
 
     def end_batch(self, loss: Any = None) -> None:
         """See :meth:`Recorder.end_batch`."""
+        if self.halt_on and self.combiner.distributed:  # rank 0's vote travels with the next exchange
+            self.combiner.vote_halt(bool(self.guard.run("halt_on", self.halting_locally, self.halt_on)))
         self.recorder.end_batch(loss)
 
     def halting(self, codes: tuple[str, ...]) -> Diagnosis | None:
         """The first open diagnosis whose code is in ``codes`` (``halt_on``), else ``None``.
 
-        Distributed: rank 0's advisors decide; every rank learns the decision at the same exchange
-        (the next logging step) and only then returns it, so that all ranks stop at the same step
-        (a rank that stopped alone would leave the others waiting in the gradient all-reduce).
+        Distributed: rank 0's advisors decide; rank 0 votes at every exchange (:meth:`end_batch` calls
+        :meth:`~nndiag.collect.distributed.RankCombiner.vote_halt` before it), every rank learns the
+        decision at the same exchange (the next logging step) and only then returns it, so that all
+        ranks stop at the same step (a rank that stopped alone would leave the others waiting in the
+        gradient all-reduce).
         """
         if not codes:
             return None
+        if not self.halt_on:
+            self.halt_on = tuple(codes)  # adapters that name the codes only here: vote with them from now on
         hit = next((d for d in self.diagnoses if d.code in codes and not d.resolved), None)
         if not self.combiner.distributed:
             return hit
-        if self.combiner.vote is None:
-            self.combiner.vote = lambda: self.halting_locally(codes)
         if not self.combiner.agreed_halt:
             return None
         return hit or Diagnosis(
@@ -291,15 +304,8 @@ class Session:
             logger.log(logging.WARNING if problems else logging.INFO, self.advice.summary(self.recorder.step))
         if self.log_dir is not None and self.pipeline.store is not None:
             logger.info("nndiag: run store %s (nndiag show %s)", self.pipeline.store.path, self.log_dir)
-            if self.config.wants_report:
-                self.guard.run("post-run report", self._write_report, self.log_dir)
-
-    @staticmethod
-    def _write_report(log_dir: Path) -> None:
-        from nndiag.report.write import write_report
-
-        paths = write_report(log_dir)
-        get_logger().info("nndiag: report %s", paths["html"])
+        for after in self.on_close:
+            after(self)
 
 
 def _discard(item: Any) -> None:

@@ -301,14 +301,17 @@ def test_tensorboard_diagnoses_text_is_inert(runs):
     hostile_seen = False
     for body in tables:
         assert "<" not in body  # raw HTML never reaches TensorBoard's renderer
-        lines = body.splitlines()
-        assert all(unescaped_pipes(line) == 8 for line in lines), body  # 7 cells each: no cell or row injected
+        table, notes = body.split("\n\n")  # the table of short fields, then one numbered note per diagnosis
+        lines = table.splitlines()
+        assert all(unescaped_pipes(line) == 7 for line in lines), body  # 6 cells each: no cell or row injected
+        assert all(unescaped_pipes(line) == 0 for line in notes.splitlines()), body
+        assert len(notes.splitlines()) == len(lines) - 2  # one note line per diagnosis: no line injected
         doc = parse(markdown.markdown(body, extensions=["tables"]))
-        assert set(doc.tags) <= TABLE_TAGS  # no link, image, code, emphasis or script from a name
-        assert len(doc.cells) == len(lines) - 1 and all(len(row) == 7 for row in doc.cells)
+        assert set(doc.tags) <= TABLE_TAGS | {"ol", "li"}  # no link, image, code, emphasis or script from a name
+        assert len(doc.cells) == len(lines) - 1 and all(len(row) == 6 for row in doc.cells)
         safe = parse(markdown_to_safe_html(body))  # what TensorBoard actually shows
         assert not [a for a in safe.attrs if a[1] in ("href", "src") or a[1].startswith("on")]
-        hostile_seen |= one_line(f"blocks.{N_ACT}") in [row[2] for row in doc.cells]
+        hostile_seen |= one_line(f"blocks.{N_ACT}") in [row[3] for row in doc.cells]
     assert hostile_seen
 
 

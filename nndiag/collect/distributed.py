@@ -101,8 +101,8 @@ class LocalCombiner:
     agreed_halt = False
     broken = False
 
-    def __init__(self) -> None:
-        self.vote: Callable[[], bool] | None = None
+    def vote_halt(self, halt: bool) -> None:
+        """Nothing to agree on in a single process (see :meth:`RankCombiner.vote_halt`)."""
 
 
 def combiner_for(model: torch.nn.Module | None, enabled: bool = True) -> LocalCombiner | RankCombiner:
@@ -185,7 +185,7 @@ class RankCombiner:
         self.renegotiate = False
         self.broken = False
         self.agreed_halt = False
-        self.vote: Callable[[], bool] | None = None  # rank 0: does a halt_on diagnosis hold?
+        self._halt_vote = False  # rank 0: does a halt_on diagnosis hold? (sent with the next exchange)
         self.loss_base: int | None = None  # first step whose loss has not been exchanged yet
         self.exchanges = 0
         self.negotiations = 0
@@ -194,6 +194,13 @@ class RankCombiner:
         self._warned: set[str] = set()
 
     # -- the exchange ----------------------------------------------------------------
+    def vote_halt(self, halt: bool) -> None:
+        """Rank 0's vote to stop training (``halt_on``), sent in the header of the next exchange.
+
+        Every rank sees :attr:`agreed_halt` turn True at the same exchange; other ranks' votes are ignored.
+        """
+        self._halt_vote = bool(halt)
+
     def steps_pending(self, step: int) -> int:
         """Steps whose losses the next exchange (at ``step``) carries: those since the last exchange."""
         return 1 if self.loss_base is None else step - self.loss_base + 1
@@ -303,7 +310,7 @@ class RankCombiner:
         n_loss = step - base + 1
         vec = self._zeros(base, step, device)
         head = [0.0, 0.0, 0.0]
-        if self.writer and self.vote is not None and self._safe_vote():
+        if self.writer and self._halt_vote:
             head[2] = 1.0
         if losses is not None and loss_steps:
             idx = [s - base for s in loss_steps]
@@ -408,13 +415,6 @@ class RankCombiner:
             self.unplaced_seen += int(unplaced)
         if halt > 0:
             self.agreed_halt = True
-
-    def _safe_vote(self) -> bool:
-        try:
-            return bool(self.vote()) if self.vote is not None else False
-        except Exception as exc:
-            self._warn("halt vote", exc)
-            return False
 
     def _warn(self, what: str, exc: BaseException, consequence: str = "this step's statistics may be partial") -> None:
         if what in self._warned:

@@ -8,7 +8,8 @@ Logged tags:
       sat_frac, nonfinite, grad_norm, weight_norm, update_ratio, lr);
     * ``nndiag/<stat>`` for run-wide statistics (loss, grad_norm_total);
     * ``nndiag/act_hist/<layer>`` histograms when enabled;
-    * ``nndiag/diagnoses`` Markdown table of the diagnoses;
+    * ``nndiag/diagnoses``: the diagnoses (a table, then each message and first fix), written when one
+      appears or resolves and once more at the end of the run with the final steps and status;
     * ``nndiag/target/update_ratio_low`` / ``_high``: the healthy update-ratio band (1e-4, 1e-2)
       at every logging step, for the dashboard's Margin charts;
     * the custom-scalar dashboard layout (:mod:`nndiag.sinks.dashboard`).
@@ -66,6 +67,34 @@ def diagnoses_markdown(diagnoses: list[Diagnosis]) -> str:
     return "\n".join(lines)
 
 
+def diagnoses_tensorboard(diagnoses: list[Diagnosis]) -> str:
+    r"""The diagnoses for TensorBoard's Text tab: a table of the short fields, then each message and first fix.
+
+    The long texts sit below the table, not in it: TensorBoard lets a table cell break anywhere, so a
+    message column squeezed the short columns until their words broke mid-word ("seve rity").
+
+    Example:
+        >>> d = Diagnosis("dead_units", "warning", 0, "net.1", "Most units never activate.", {}, ["Set the bias to 0."])
+        >>> print(diagnoses_tensorboard([d]))
+        | # | severity | code | layer | steps | status |
+        |---|---|---|---|---|---|
+        | 1 | warning | dead\_units | net.1 | 0 | open |
+        <BLANKLINE>
+        1. dead\_units (net.1): Most units never activate. First fix: Set the bias to 0.
+    """
+    rows = ["| # | severity | code | layer | steps | status |", "|---|---|---|---|---|---|"]
+    notes = []
+    for i, d in enumerate(diagnoses, 1):
+        steps = f"{d.step}-{d.last_step}" if d.last_step not in (None, d.step) else str(d.step)
+        status = "resolved" if d.resolved else "open"
+        cells = [str(i), d.severity, d.code, d.layer or "", steps, status]
+        rows.append("| " + " | ".join(markdown_escape(c) for c in cells) + " |")
+        where = f" ({markdown_escape(d.layer)})" if d.layer else ""
+        fix = f" First fix: {markdown_escape(d.suggestions[0])}" if d.suggestions else ""
+        notes.append(f"{i}. {markdown_escape(d.code)}{where}: {markdown_escape(d.message)}{fix}")
+    return "\n".join([*rows, "", *notes])
+
+
 class TensorBoardSink:
     """Writes rows to a SummaryWriter-like ``writer``; ``owns_writer`` closes it at the end."""
 
@@ -74,6 +103,9 @@ class TensorBoardSink:
         self.owns_writer = owns_writer
         self._layers: dict[str, None] = {}  # shown in the dashboard layout, in first-seen order
         self._params: dict[str, None] = {}
+        self._shown: list[tuple[str, str | None, bool]] | None = None  # (code, layer, resolved) of the last table
+        self._written: tuple[int, str] | None = None  # (step, text) of the last table written
+        self._latest: tuple[int, list[Diagnosis]] | None = None  # the newest diagnoses, for the final table
 
     def write_rows(self, rows: Rows) -> None:
         """One scalar per row, batched into one event per step where the writer allows it.
@@ -141,9 +173,29 @@ class TensorBoardSink:
             )
 
     def write_diagnoses(self, step: int, diagnoses: list[Diagnosis]) -> None:
-        """The diagnoses as one Markdown table under ``nndiag/diagnoses``."""
-        if diagnoses:
-            self.writer.add_text("nndiag/diagnoses", diagnoses_markdown(diagnoses), step)
+        """The diagnoses as Markdown (:func:`diagnoses_tensorboard`) under ``nndiag/diagnoses`` at ``step``.
+
+        Pass every update: the table is written when a diagnosis appeared, resolved or came back; the newest
+        state (steps, counts) is kept and written once more by :meth:`close`, at the last step checked.
+        """
+        if not diagnoses:
+            return
+        self._latest = (step, list(diagnoses))
+        shown = [(d.code, d.layer, d.resolved) for d in diagnoses]
+        if shown != self._shown:
+            self._shown = shown
+            self._add_diagnoses(step, diagnoses)
+
+    def _add_diagnoses(self, step: int, diagnoses: list[Diagnosis]) -> None:
+        text = diagnoses_tensorboard(diagnoses)
+        if self._written != (step, text):
+            self.writer.add_text("nndiag/diagnoses", text, step)
+            self._written = (step, text)
+
+    def write_final_diagnoses(self) -> None:
+        """The table once more, with the final steps and status of every diagnosis (end of the run)."""
+        if self._latest is not None:
+            self._add_diagnoses(*self._latest)
 
     def flush(self) -> None:
         """Flush the writer's event file."""
@@ -152,7 +204,8 @@ class TensorBoardSink:
             flush()
 
     def close(self) -> None:
-        """Flush, and close the writer if nndiag created it."""
+        """Write the final diagnoses table, flush, and close the writer if nndiag created it."""
+        self.write_final_diagnoses()
         self.flush()
         if self.owns_writer:
             self.writer.close()
