@@ -44,7 +44,7 @@ Example (a single process: nothing to combine, the payload passes through):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -44,10 +44,10 @@ from nndiag.collect.distributed import writes_here
 from nndiag.collect.optimizers import hookable_or_fallback, unwrap_module, unwrap_optimizer
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
-from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
-from nndiag.integrations.options import build_config, clean_hparams
+from nndiag.options import AdvisorConfigLike, DiagnosticsOptions, clean_hparams
+from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
-from nndiag.schedule import Schedule, resolve_schedule
+from nndiag.schedule import Schedule
 from nndiag.session import Session
 
 
@@ -108,10 +108,16 @@ class Monitor:
                 )
         # Accelerate / Fabric wrappers: hook the torch optimizer inside (else: one warning, each step() counts)
         optimizers = [hookable_or_fallback(opt) for opt in optimizers]
-        resolve_schedule(schedule)
-        cfg = build_config(config, options)
-        advice = build_advice(diagnose, advisor_config, num_classes, halt_on)
-        self.halt_on = halt_codes(halt_on)
+        self.options = DiagnosticsOptions.build(
+            schedule,
+            config=config,
+            diagnose=diagnose,
+            advisor_config=advisor_config,
+            num_classes=num_classes,
+            halt_on=halt_on,
+            **options,
+        )
+        self.halt_on = self.options.halt_on
         state = None
         if resume is not None:
             try:
@@ -127,11 +133,10 @@ class Monitor:
             model,
             optimizers,
             run_dir,
-            config=cfg,
-            schedule=schedule,
             meta={"framework": "torch", "hparams": clean_hparams(hparams)},
-            advice=advice,
             resume=state,
+            options=self.options,
+            on_close=[write_after_run],
         )
         self.session.begin_batch()
 
