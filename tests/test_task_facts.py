@@ -458,3 +458,20 @@ def test_no_baseline(kind: str) -> None:
 def test_shape_mismatch(out: tuple[int, ...], tgt: tuple[int, ...], kind: str | None, expected: str | None) -> None:
     m = shape_mismatch(out, tgt, kind)
     assert (m.kind if m else None) == expected
+
+
+def test_broadcast_confirmed_by_the_graph_only() -> None:
+    from nndiag.collect.task import broadcast_confirmed
+
+    out = col()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        builtin = loss_kind(F.mse_loss(out, R))
+        l1 = loss_kind(F.l1_loss(out, R))
+    assert broadcast_confirmed(builtin, out.shape) and broadcast_confirmed(l1, out.shape)
+    assert not broadcast_confirmed(loss_kind(F.mse_loss(out.squeeze(1), R)), out.shape)  # squeezed: fine
+    assert not broadcast_confirmed(loss_kind(F.binary_cross_entropy_with_logits(out.squeeze(1), P)), out.shape)
+    hand = loss_kind(((out - R) ** 2).mean())
+    assert hand.reduced_shape == (N, N) and broadcast_confirmed(hand, out.shape)
+    assert not broadcast_confirmed(loss_kind(((out.squeeze(1) - R) ** 2).mean()), out.shape)
+    assert not broadcast_confirmed(LossKind(), out.shape)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ __all__ = [
     "LossKind",
     "ShapeMismatch",
     "baseline_loss",
+    "broadcast_confirmed",
     "loss_kind",
     "loss_target",
     "output_finish",
@@ -147,6 +148,10 @@ class LossKind:
             (``(N, 1)`` against ``(N,)``), else ``None``.
         extra_terms: the loss node sits under a sum with other terms (a penalty, an auxiliary loss).
         node: the name of the recognised loss node (``NllLossBackward0``), ``None`` if none.
+        reduced_shape: the shape of the per-element losses the nearest mean/sum above the loss node
+            reduced (``None`` when no such reduction was seen): a hand-written ``((out - y) ** 2).mean()``
+            with ``out`` ``[N, 1]`` and ``y`` ``[N]`` reduces ``(N, N)`` elements, which no expand node
+            shows (see :func:`broadcast_confirmed`).
     """
 
     kind: str = "unknown"
@@ -158,6 +163,7 @@ class LossKind:
     broadcast_from: tuple[int, ...] | None = None
     extra_terms: bool = False
     node: str | None = None
+    reduced_shape: tuple[int, ...] | None = None
 
     def as_facts(self) -> dict[str, Any]:
         """The fields as JSON-friendly facts (``loss_kind``, ``loss_reduction``, ...)."""
@@ -172,6 +178,7 @@ class LossKind:
             "loss_broadcast_from": list(d["broadcast_from"]) if d["broadcast_from"] is not None else None,
             "loss_extra_terms": d["extra_terms"],
             "loss_node": d["node"],
+            "loss_reduced_shape": list(d["reduced_shape"]) if d["reduced_shape"] is not None else None,
         }
 
 
@@ -363,22 +370,47 @@ def loss_kind(loss: Any) -> LossKind:
     fn = getattr(loss, "grad_fn", None)
     if fn is None:
         return LossKind()
-    queue: list[tuple[Any, list[str]]] = [(fn, [])]
+    # (node, names of the nodes above it, shape reduced by the nearest mean/sum above it)
+    queue: list[tuple[Any, list[str], tuple[int, ...] | None]] = [(fn, [], None)]
     seen = 0
     while queue and seen < _MAX_NODES:
-        node, path = queue.pop(0)
+        node, path, reduced = queue.pop(0)
         seen += 1
         name = _name(node)
-        if name in _BUILTIN:
-            return _builtin(node, path)
-        found = _hand_written(node, path)
+        found = _builtin(node, path) if name in _BUILTIN else _hand_written(node, path)
         if found is not None:
-            return found
+            return replace(found, reduced_shape=reduced) if reduced is not None else found
         if len(path) >= _MAX_DEPTH:
             continue
         if name in _REDUCE or name in _SCALE or name in ("AddBackward0", "SubBackward0", "ToCopyBackward0"):
-            queue.extend((child, [*path, name]) for child in _children(node))
+            if name in _REDUCE:
+                sizes = _saved(node, "_saved_self_sym_sizes")
+                reduced = tuple(int(x) for x in sizes) if isinstance(sizes, (tuple, list)) else reduced
+            queue.extend((child, [*path, name], reduced) for child in _children(node))
     return LossKind()
+
+
+def broadcast_confirmed(kind: LossKind, output_shape: tuple[int, ...] | list[int] | None) -> bool:
+    """Whether the loss really compared broadcast shapes (the ``[N, 1]`` against ``[N]`` fault).
+
+    A model output of ``[N, 1]`` with targets ``[N]`` is common and harmless when the loss function
+    squeezes the output first, so the shapes alone prove nothing. The graph does: a built-in loss
+    whose input was expanded (:attr:`LossKind.broadcast_from`), or a hand-written loss whose
+    reduction averaged more elements than the model predicted (:attr:`LossKind.reduced_shape`).
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> out, y = torch.randn(8, 1, requires_grad=True), torch.randn(8)
+        >>> broadcast_confirmed(loss_kind(F.mse_loss(out.squeeze(1), y)), out.shape)
+        False
+        >>> broadcast_confirmed(loss_kind(((out - y) ** 2).mean()), out.shape)  # (8, 8) errors averaged
+        True
+    """
+    if kind.broadcast_from is not None:
+        return True
+    if kind.reduced_shape is None or not output_shape or kind.kind not in ("mse", "l1"):
+        return False
+    return math.prod(kind.reduced_shape) > math.prod(int(s) for s in output_shape)
 
 
 def loss_target(loss: Any) -> torch.Tensor | None:
