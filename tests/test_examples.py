@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from nndiag import load_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -34,3 +36,14 @@ def test_plain_loop_example(tmp_path, capsys):
     h = load_run(log_dir).history
     assert sorted(h[h.stat == "loss"].step.tolist()) == list(range(16))
     assert "sat_frac" in set(h.stat)  # the tanh MLP's saturation is recorded
+
+
+def test_hf_trainer_example(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    log_dir = load_example("hf_trainer").main(["--out", str(tmp_path), "--steps", "12"])
+    out = capsys.readouterr().out
+    assert "12 optimizer steps recorded" in out and "(the Trainer counted 12)" in out
+    h = load_run(log_dir).history
+    assert sorted(h[h.stat == "loss"].step.tolist()) == list(range(12))  # 24 micro-batches, 2 per step
+    assert h[h.stat == "val_loss"].step.tolist() == [9, 11]  # evaluations after steps 10 and 12 (the end)
+    assert "bert.encoder.layer.1.output.dense" in set(h[h.stat == "act_std"].layer)
