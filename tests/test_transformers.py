@@ -246,6 +246,15 @@ def test_nan_loss_is_recorded_though_the_trainer_filters_it(tmp_path):
     assert all(math.isfinite(v) for v in losses[:3]) and all(math.isnan(v) for v in losses[3:])
     assert all(math.isfinite(v) for v in logged_losses(trainer))  # logging_nan_inf_filter hid them
     assert "nonfinite_loss" in {d.code for d in cb.diagnoses}
+    # TensorBoard: the diagnoses text is written again at the end, at the last step, with the final steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(cb.log_dir, size_guidance={"tensors": 0})
+    acc.Reload()
+    texts = acc.Tensors("nndiag/diagnoses/text_summary")
+    assert texts[-1].step == 4
+    final = texts[-1].tensor_proto.string_val[0].decode()
+    assert "| nonfinite\\_loss |  | 3-4 | open |" in final
 
 
 @pytest.mark.parametrize("restore_callbacks", [False, True], ids=["default", "restore_callback_states"])
