@@ -28,28 +28,50 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from typing_extensions import override
 
 from nndiag import quantities as Q
 from nndiag.collect.distributed import agree
+from nndiag.collect.task_probe import batch_target
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
-from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
-from nndiag.integrations.options import build_config, clean_hparams
 from nndiag.log import get_logger
+from nndiag.options import AdvisorConfigLike, DiagnosticsOptions, clean_hparams
+from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
-from nndiag.schedule import Schedule, resolve_schedule
+from nndiag.schedule import Schedule
 from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback as _LightningCallback
+    from pytorch_lightning import Callback as _PLCallback
+else:
+    try:
+        from lightning.pytorch import Callback as _LightningCallback
+    except ImportError:  # not installed: a placeholder base that adds nothing
+
+        class _LightningCallback:
+            pass
+
+    try:
+        from pytorch_lightning import Callback as _PLCallback
+    except ImportError:
+
+        class _PLCallback:
+            pass
+
 
 # Names under which LightningModules usually log their validation loss (first found is used).
 VAL_LOSS_KEYS = (Q.VAL_LOSS, "val/loss", "valid_loss", "validation_loss", "val_loss_epoch", "loss/val")
 
 
 def _callback_bases() -> tuple[type, ...]:
+    """The ``Callback`` base class of every installed Lightning package (an ``ImportError`` without any)."""
     bases = []
     for mod in ("lightning.pytorch", "pytorch_lightning"):
         try:
@@ -62,6 +84,9 @@ def _callback_bases() -> tuple[type, ...]:
             "For plain PyTorch loops use nndiag.Monitor."
         )
     return tuple(bases)
+
+
+_callback_bases()  # without Lightning, importing this module fails with the message above
 
 
 def _framework(trainer: Any) -> str:
@@ -107,8 +132,44 @@ def _user_loss(trainer: Any, pl_module: Any, outputs: Any) -> Any:
     return loss
 
 
-class _DiagnosticsCallbackImpl:
-    """Lightning hook implementations over one :class:`~nndiag.session.Session`."""
+# the two packages type their hooks with their own Trainer / LightningModule classes: mypy sees them as conflicting
+class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc]
+    """Records per-layer training statistics in a Lightning ``Trainer``.
+
+    Args:
+    schedule: which optimizer steps are logging steps: ``None`` for the built-in schedule
+        (every step for the first 20, every 10th until step 200, then every 50th), an int
+        ``N`` for every N-th step, or a callable ``step -> bool``.
+    config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields
+        (``histograms=True``, ``update_ratio="sampled"``, ...).
+    diagnose: run the rule-based advisors (default True); diagnoses appear in ``diagnoses``, TensorBoard
+        (``nndiag/diagnoses``), the run store and the ``nndiag`` logger, with a summary at the end of fit.
+    advisor_config: thresholds: an :class:`~nndiag.AdvisorConfig`, a dict, or a TOML/JSON file.
+    num_classes: classes of a softmax classifier (for ``initial_loss_off``; inferred when omitted).
+    halt_on: diagnosis codes that stop training cleanly (like EarlyStopping), e.g.
+        ``("nonfinite_loss", "loss_diverging")``; the reason is in ``stop_reason`` and the log.
+    preflight: run :func:`nndiag.preflight` on the first training batch when training starts (rank 0):
+        the per-layer table and what the initialised network already shows, logged on the ``nndiag``
+        logger, the report in ``preflight_report``. ``True``, or a dict of options (``loss_fn``,
+        ``overfit``, ``lr_find``, ...; without ``loss_fn`` no initial-loss or overfit check). Default off.
+    report: write ``nndiag-report.{html,md,json}`` into the run directory at the end (default: on,
+        unless the environment sets ``NNDIAG_REPORT=0``).
+    val_loss_key: the ``self.log`` name of your validation loss; by default the first of
+        ``val_loss``, ``val/loss``, ``valid_loss``, ``validation_loss``, ``val_loss_epoch``,
+        ``loss/val`` found in ``trainer.callback_metrics`` at the end of each validation epoch
+        is recorded as the run-wide stat ``val_loss``.
+
+    Attributes:
+    history: pandas DataFrame (step, layer, stat, value).
+    diagnoses: list of :class:`~nndiag.Diagnosis`.
+
+    Example:
+    >>> from nndiag import DiagnosticsCallback
+    >>> DiagnosticsCallback(schedule=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: schedule must be None (built-in), a positive int ... got 0. Use schedule=1 to log every step.
+    """
 
     def __init__(
         self,
@@ -123,7 +184,16 @@ class _DiagnosticsCallbackImpl:
         preflight: bool | Mapping[str, Any] = False,
         **options: Any,
     ) -> None:
-        resolve_schedule(schedule)  # validate now: a clear error at construction
+        # validated now: a clear error at construction, not when training starts
+        self.options = DiagnosticsOptions.build(
+            schedule,
+            config=config,
+            diagnose=diagnose,
+            advisor_config=advisor_config,
+            num_classes=num_classes,
+            halt_on=halt_on,
+            **options,
+        )
         if not isinstance(preflight, (bool, Mapping)):
             raise TypeError(
                 f"preflight must be True/False or a dict of nndiag.preflight options (loss_fn, num_classes, overfit, "
@@ -133,11 +203,10 @@ class _DiagnosticsCallbackImpl:
         self.preflight_report: Any = None  # the PreflightReport of the last fit when preflight is on
         self.schedule = schedule
         self.val_loss_key = val_loss_key
-        build_advice(diagnose, advisor_config, num_classes, halt_on)  # validate now
-        self._advice_args = (diagnose, advisor_config, num_classes, halt_on)
-        self.halt_on = halt_codes(halt_on)
+        self._advice_args = (diagnose, advisor_config, num_classes, halt_on)  # as given (options: as coerced)
+        self.halt_on = self.options.halt_on
         self.stop_reason: str | None = None
-        self.config = build_config(config, options)
+        self.config = self.options.config
         self.guard = ErrorGuard()
         self.session: Session | None = None
         self._resume: ResumeState | None = None  # set by load_state_dict (resume), used by the next fit
@@ -168,6 +237,7 @@ class _DiagnosticsCallbackImpl:
     on_train_begin = on_init_end
 
     # -- Lightning hooks -------------------------------------------------------------
+    @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.guard.run("callback start", self._start, trainer, pl_module)
         if self.config.distributed:
@@ -201,14 +271,13 @@ class _DiagnosticsCallbackImpl:
             pl_module,
             trainer.optimizers,
             trainer.log_dir,
-            config=self.config,
-            schedule=self.schedule,
             tb_writer=writer,
             meta=meta,
             start_step=self._first_step(trainer.log_dir),
             resume=self._resume,
             guard=self.guard,
-            advice=build_advice(*self._advice_args),
+            options=self.options,
+            on_close=[write_after_run],
         )
         self.stop_reason = None
         self._resume = None
@@ -219,8 +288,8 @@ class _DiagnosticsCallbackImpl:
         from nndiag.preflight import preflight_at_fit_start
 
         options = dict(self.preflight) if isinstance(self.preflight, Mapping) else {}
-        if self._advice_args[2] is not None:
-            options.setdefault("num_classes", self._advice_args[2])
+        if self.options.num_classes is not None:
+            options.setdefault("num_classes", self.options.num_classes)
         return preflight_at_fit_start(trainer, pl_module, **options)
 
     def _first_step(self, log_dir: str | None) -> int:
@@ -231,14 +300,30 @@ class _DiagnosticsCallbackImpl:
             return self._previous[1]
         return 0
 
+    @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.session is not None:
             self.guard.run("batch start", self.session.begin_batch)
+            self.guard.run("task targets", self._note_target, batch)
 
+    def _note_target(self, batch: Any) -> None:
+        assert self.session is not None
+        target = batch_target(batch)
+        if target is not None:
+            self.session.note_task(target=target)
+
+    @override
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        # the loss with its autograd graph (the one on_train_batch_end sees is detached): its kind
+        if self.session is not None:
+            self.guard.run("task loss", self.session.note_task, loss)
+
+    @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.session is not None:
             self.guard.run("gradient statistics", self.session.capture_grads, optimizer)
 
+    @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.session is not None:
             self.guard.run("batch end", self._end_batch, trainer, pl_module, outputs)
@@ -258,6 +343,7 @@ class _DiagnosticsCallbackImpl:
             get_logger().error(self.stop_reason)
             trainer.should_stop = True
 
+    @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.session is not None and not getattr(trainer, "sanity_checking", False):
             self.guard.run("validation loss", self._record_val_loss, trainer)
@@ -271,13 +357,16 @@ class _DiagnosticsCallbackImpl:
                 self.session.record(Q.VAL_LOSS, float(metrics[key]))
                 return
 
+    @override
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._close("finished")
 
+    @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._close("interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
         self._release_model()
 
+    @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._close("finished")
         self._release_model()
@@ -295,12 +384,14 @@ class _DiagnosticsCallbackImpl:
             self.guard.run("callback close", self.session.close, status)
 
     # -- checkpointing ---------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         """The step reached, the run directory and the open diagnoses (saved in Lightning checkpoints)."""
         if self.session is None:
             return (self._resume or ResumeState()).to_state_dict()
         return self.session.resume_state().to_state_dict()
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore on ``fit(ckpt_path=...)``: numbering, open diagnoses, and the run store continues the run."""
         try:
@@ -311,52 +402,3 @@ class _DiagnosticsCallbackImpl:
                 NndiagInternalWarning,
                 stacklevel=2,
             )
-
-
-def _make_class() -> type:
-    bases = _callback_bases()
-    doc = _DiagnosticsCallbackImpl.__doc__
-    return type(
-        "DiagnosticsCallback",
-        (_DiagnosticsCallbackImpl, *bases),
-        {"__module__": __name__, "__doc__": doc, "__qualname__": "DiagnosticsCallback"},
-    )
-
-
-DiagnosticsCallback = _make_class()
-DiagnosticsCallback.__doc__ = """Records per-layer training statistics in a Lightning ``Trainer``.
-
-Args:
-    schedule: which optimizer steps are logging steps: ``None`` for the built-in schedule
-        (every step for the first 20, every 10th until step 200, then every 50th), an int
-        ``N`` for every N-th step, or a callable ``step -> bool``.
-    config: a :class:`~nndiag.RecorderConfig`; keyword options override its fields
-        (``histograms=True``, ``update_ratio="sampled"``, ...).
-    diagnose: run the rule-based advisors (default True); diagnoses appear in ``diagnoses``, TensorBoard
-        (``nndiag/diagnoses``), the run store and the ``nndiag`` logger, with a summary at the end of fit.
-    advisor_config: thresholds: an :class:`~nndiag.AdvisorConfig`, a dict, or a TOML/JSON file.
-    num_classes: classes of a softmax classifier (for ``initial_loss_off``; inferred when omitted).
-    halt_on: diagnosis codes that stop training cleanly (like EarlyStopping), e.g.
-        ``("nonfinite_loss", "loss_diverging")``; the reason is in ``stop_reason`` and the log.
-    preflight: run :func:`nndiag.preflight` on the first training batch when training starts (rank 0):
-        the per-layer table and what the initialised network already shows, logged on the ``nndiag``
-        logger, the report in ``preflight_report``. ``True``, or a dict of options (``loss_fn``,
-        ``overfit``, ``lr_find``, ...; without ``loss_fn`` no initial-loss or overfit check). Default off.
-    report: write ``nndiag-report.{html,md,json}`` into the run directory at the end (default: on,
-        unless the environment sets ``NNDIAG_REPORT=0``).
-    val_loss_key: the ``self.log`` name of your validation loss; by default the first of
-        ``val_loss``, ``val/loss``, ``valid_loss``, ``validation_loss``, ``val_loss_epoch``,
-        ``loss/val`` found in ``trainer.callback_metrics`` at the end of each validation epoch
-        is recorded as the run-wide stat ``val_loss``.
-
-Attributes:
-    history: pandas DataFrame (step, layer, stat, value).
-    diagnoses: list of :class:`~nndiag.Diagnosis`.
-
-Example:
-    >>> from nndiag import DiagnosticsCallback
-    >>> DiagnosticsCallback(schedule=0)
-    Traceback (most recent call last):
-    ...
-    ValueError: schedule must be None (built-in), a positive int ... got 0. Use schedule=1 to log every step.
-"""
