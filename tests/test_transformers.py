@@ -196,7 +196,7 @@ def test_gpt2_language_model_and_eval_loss(tmp_path):
 
 
 def test_vit_image_classification(tmp_path):
-    cb, truth = NndiagCallback(schedule=1), MicroLosses()
+    cb, truth = NndiagCallback(schedule=1, preflight=True), MicroLosses()
     trainer = Trainer(
         model=vit(), args=arguments(tmp_path, max_steps=4), train_dataset=ImageData(32), callbacks=[cb, truth]
     )
@@ -208,6 +208,10 @@ def test_vit_image_classification(tmp_path):
     inp = h[(h.layer == "input") & (h.stat == "act_std")]
     assert inp.value.tolist() == pytest.approx([1.0] * 4, abs=0.05)  # pixel_values ~ N(0, 1): the image input
     assert "vit.embeddings.patch_embeddings.projection" in set(h[h.stat == "act_std"].layer)
+    # preflight ran on the first batch, as model(pixel_values), and did not become a training step
+    report = cb.preflight_report
+    assert report is not None and "vit.embeddings.patch_embeddings.projection" in set(report.table.layer)
+    assert len(truth.losses) == 4
 
 
 def test_learning_rate_far_too_high_is_named_and_halts(tmp_path):
