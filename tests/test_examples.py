@@ -40,7 +40,14 @@ def test_plain_loop_example(tmp_path, capsys):
 
 def test_hf_trainer_example(tmp_path, capsys):
     pytest.importorskip("transformers")
-    log_dir = load_example("hf_trainer").main(["--out", str(tmp_path), "--steps", "12"])
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: a second thread only contends for the machine's cores
+    try:
+        log_dir = load_example("hf_trainer").main(["--out", str(tmp_path), "--steps", "12"])
+    finally:
+        torch.set_num_threads(before)
     out = capsys.readouterr().out
     assert "12 optimizer steps recorded" in out and "(the Trainer counted 12)" in out
     h = load_run(log_dir).history

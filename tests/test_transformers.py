@@ -18,6 +18,15 @@ from nndiag.integrations.transformers import NndiagCallback  # noqa: E402
 SEQ = 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these models are tiny, and a second thread only contends for the test machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class TokenData(torch.utils.data.Dataset):
     """Token ids (and labels) made here: no tokenizer, nothing downloaded."""
 
