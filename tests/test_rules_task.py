@@ -119,6 +119,18 @@ BASELINE_CASES = [
         id="unscaled_targets_named_elsewhere",
     ),
     pytest.param(history(FLAT_AT_PRIOR), facts(weight_decay=0.5), [], id="weight_decay_named_elsewhere"),
+    pytest.param(
+        history(lambda s: 1.0 + noise(s)),
+        facts("mse", 1.0, loss={"input_activation": "sigmoid"}, target={"min": -1.6, "max": 2.4}),
+        [],
+        id="sigmoid_output_named_elsewhere",
+    ),
+    pytest.param(
+        history(FLAT_AT_PRIOR),
+        facts(loss={"note": "softmax_before_cross_entropy"}),
+        [],
+        id="double_softmax_named_elsewhere",
+    ),
     pytest.param(history(FLAT_AT_PRIOR, ratio=lambda s: 5e-5), facts(), [], id="tiny_lr_named_elsewhere"),
 ]
 

@@ -45,7 +45,7 @@ import pandas as pd
 
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.lr import ratio_checks, weight_matrices
-from nndiag.rules.task_view import REGRESSION_LOSSES, TaskView, task_of
+from nndiag.rules.task_view import OUTPUT_RANGES, REGRESSION_LOSSES, TaskView, task_of
 from nndiag.rules.view import RunView
 
 __all__ = [
@@ -191,6 +191,28 @@ def _target_scale(t: TaskView) -> float | None:
     return max(abs(float(mean)), float(std))
 
 
+# loss-graph notes of an output activation the loss applies again (output_activation_mismatch names them)
+_MISUSE_NOTES = frozenset(
+    {
+        "softmax_before_cross_entropy",
+        "sigmoid_before_cross_entropy",
+        "sigmoid_before_bce_with_logits",
+        "nll_without_log",
+    }
+)
+
+
+def _output_cannot_fit(t: TaskView) -> bool:
+    """A bounded output activation (sigmoid, tanh, ReLU, ...) whose range misses the regression targets."""
+    bounds = OUTPUT_RANGES.get(t.final_activation or "")
+    rng = t.target_range
+    if bounds is None or rng is None or t.loss_kind not in (*REGRESSION_LOSSES, "unknown"):
+        return False
+    lo, hi = bounds
+    margin = 0.05 * (hi - lo) if math.isfinite(hi) else 0.05 * (rng[1] - rng[0])
+    return rng[0] < lo - margin or rng[1] > hi + margin
+
+
 def _broadcast(view: RunView, t: TaskView) -> bool:
     """Whether the loss graph shows an ``[N, 1]`` against ``[N]`` broadcast (the output shape alone does not)."""
     if t.broadcast_from is not None:
@@ -314,7 +336,7 @@ def loss_at_baseline(view: RunView, th: TaskRuleThresholds) -> list[Diagnosis]:
     if progress > th.baseline_progress:
         return []
     # faults that explain a loss at the baseline are named by their own rules
-    if _broadcast(view, t):
+    if _broadcast(view, t) or t.note in _MISUSE_NOTES or _output_cannot_fit(t):
         return []
     ratios = ratio_checks(view)
     early = _early_ratio(view, th)

@@ -801,11 +801,11 @@ def digits_stopped_while_falling(seed: int) -> RunResult:
     exhibits=all_of(still_falling(0.15, 40)),
 )
 def tiny_lm_stopped_early(seed: int) -> RunResult:
-    """A GRU language model on Markov text, Adam 3e-3, stopped after 60 steps while the loss still drops fast."""
+    """A GRU language model on Markov text, Adam 3e-3, stopped after 50 steps while the loss still drops fast."""
     x, y = lm_data(seed)
     model = TinyLM()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    return fit(model, opt, sampler(x, y, 32, seed), 60, lm_loss, y_all=y)
+    return fit(model, opt, sampler(x, y, 32, seed), 50, lm_loss, y_all=y)
 
 
 # ---------------------------------------------------------------------------------------------
