@@ -8,16 +8,14 @@ that differs only in the fix.
 
 The scenarios follow :mod:`faults.scenarios` (same :class:`~faults.scenarios.Scenario` records;
 ``TASK_SCENARIOS`` is to be appended to ``SCENARIOS``). Their plain loops pass the loss *with its
-autograd graph* and the targets: ``mon.step(loss, target=y)`` (the keyword is used once
-``Monitor.step`` has it). The harness also measures the task itself, independently of nndiag's
-recorder, on every 10th step (:class:`TaskRunResult` ``.probe``: loss, target and output summaries,
+autograd graph* and the targets: ``mon.step(loss, target=y)``. The harness also measures the task
+itself, independently of nndiag's recorder, on every 10th step (:class:`TaskRunResult` ``.probe``: loss, target and output summaries,
 the total weight norm), so that ``exhibits`` checks that the run really shows its fault without
 trusting the code under test.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,10 +43,6 @@ from faults.scenarios import (
 from nndiag.collect.task import baseline_loss, loss_kind, output_summary, target_summary
 
 TASK_SCENARIOS: list[Scenario] = []
-
-# ``Monitor.step(loss, target=y)``: passed once the keyword exists
-_TARGET_KW = "target" in inspect.signature(nndiag.Monitor.step).parameters
-
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -293,10 +287,7 @@ def fit(
             opt.step()
             if scheduler is not None:
                 scheduler.step()
-            if _TARGET_KW:
-                mon.step(loss, target=y)  # type: ignore[call-arg]
-            else:
-                mon.step(loss)
+            mon.step(loss, target=y)  # the loss with its graph (loss kind), and the targets
             if val is not None and (step + 1) % val_every == 0:
                 model.eval()
                 with torch.no_grad():
@@ -980,10 +971,7 @@ def healthy_model_returns_its_loss(seed: int) -> RunResult:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if _TARGET_KW:
-                mon.step(loss, target=yb)  # type: ignore[call-arg]
-            else:
-                mon.step(loss)
+            mon.step(loss, target=yb)
         mon.close()
         return TaskRunResult(mon.history, mon.session.facts, mon.steps, pd.DataFrame(rows), task)
 
