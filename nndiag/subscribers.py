@@ -118,10 +118,8 @@ class TensorBoardSubscriber(Subscriber):
             self.guard.run("tensorboard histograms", self.sink.write_histograms, packet.step, packet.histograms())
 
     def on_diagnoses(self, step: int, changed: list[Diagnosis], ordered: list[Diagnosis]) -> None:
-        """The table, when a diagnosis appeared or resolved."""
-        shown = [d for d in changed if d.count == 1 or d.resolved]  # new or resolved: the table changed
-        if shown:
-            self.guard.run("tensorboard", self.sink.write_diagnoses, step, ordered)
+        """The table, when a diagnosis appeared or resolved (the sink decides; it writes the final one at close)."""
+        self.guard.run("tensorboard", self.sink.write_diagnoses, step, ordered)
 
     def flush(self) -> None:
         """Flush the event file."""
