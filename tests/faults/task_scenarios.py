@@ -9,9 +9,9 @@ that differs only in the fix.
 The scenarios follow :mod:`faults.scenarios` (same :class:`~faults.scenarios.Scenario` records;
 ``TASK_SCENARIOS`` is to be appended to ``SCENARIOS``). Their plain loops pass the loss *with its
 autograd graph* and the targets: ``mon.step(loss, target=y)``. The harness also measures the task
-itself, independently of nndiag's recorder, on every 10th step (:class:`TaskRunResult` ``.probe``: loss, target and output summaries,
-the total weight norm), so that ``exhibits`` checks that the run really shows its fault without
-trusting the code under test.
+itself, independently of nndiag's recorder, on every 10th step (:class:`TaskRunResult` ``.probe``:
+loss, target and output summaries, the total weight norm), so that ``exhibits`` checks that the run
+really shows its fault without trusting the code under test.
 """
 
 from __future__ import annotations
