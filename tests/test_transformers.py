@@ -270,6 +270,44 @@ def test_nan_loss_is_recorded_though_the_trainer_filters_it(tmp_path):
     assert "| nonfinite\\_loss |  | 3-4 | open |" in final
 
 
+class CustomLossTrainer(Trainer):
+    """A user-supplied compute_loss (label smoothing): the model returns no loss of its own."""
+
+    seen: list[float]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = torch.nn.functional.cross_entropy(outputs.logits, labels, label_smoothing=0.2)
+        if model.training:
+            self.seen.append(float(loss))
+        return (loss, outputs) if return_outputs else loss
+
+
+def test_custom_compute_loss_is_recorded(tmp_path):
+    cb = NndiagCallback(schedule=1)
+    trainer = CustomLossTrainer(
+        model=bert(), args=arguments(tmp_path, max_steps=4), train_dataset=TokenData(64), callbacks=[cb]
+    )
+    trainer.seen = []
+    trainer.train()
+    assert recorded_losses(cb) == pytest.approx(trainer.seen, rel=1e-5)
+    assert recorded_losses(cb) == pytest.approx(logged_losses(trainer), rel=1e-5, abs=1e-4)
+
+
+def test_without_the_trainer_the_model_output_loss_is_recorded(tmp_path, monkeypatch):
+    import nndiag.integrations.transformers as hf
+
+    monkeypatch.setattr(hf, "_find_trainer", lambda: None)  # fallback: a forward hook on the model
+    model = bert()
+    cb, truth = NndiagCallback(schedule=1), MicroLosses()
+    Trainer(
+        model=model, args=arguments(tmp_path, max_steps=4), train_dataset=TokenData(64), callbacks=[cb, truth]
+    ).train()
+    assert recorded_losses(cb) == pytest.approx(truth.losses, rel=1e-5)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
 @pytest.mark.parametrize("restore_callbacks", [False, True], ids=["default", "restore_callback_states"])
 def test_resume_from_checkpoint_continues_the_run(tmp_path, restore_callbacks):
     data = TokenData(96)

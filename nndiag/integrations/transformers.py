@@ -183,7 +183,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
         self.guard.run("callback start", self._start, args, state, trainer, kwargs)
 
     def _start(self, args: Any, state: Any, trainer: Any, kwargs: dict[str, Any]) -> None:
-        self._finish("finished")
+        self._finish("failed")  # a run still open here never reached on_train_end: its training raised
         model = kwargs.get("model")
         optimizer = kwargs.get("optimizer")
         if model is None or optimizer is None:
