@@ -83,11 +83,13 @@ class AdvisorLoop:
             return False
         return elapsed >= self.min_interval or self._packets >= self.every_packets
 
-    def run(self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any]) -> list[Diagnosis]:
-        """Check now; return the diagnoses that are new, updated or resolved."""
+    def run(
+        self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any], finished: bool = False
+    ) -> list[Diagnosis]:
+        """Check now; return the diagnoses that are new, updated or resolved (``finished``: the final check)."""
         start = time.monotonic()
         self._packets = 0
-        changed = self.advisor.check(RunView(history, self.with_extra(facts)))
+        changed = self.advisor.check(RunView(history, self.with_extra(facts), finished))
         self._last = time.monotonic()
         self._cost = self._last - start
         if self.log:

@@ -170,5 +170,5 @@ class Advisor:
             logging_steps = [logging_steps[i] for i in idx]
         for step in logging_steps[:-1]:
             self.check(RunView(history[history.step <= step], facts))
-        self.check(RunView(history, facts))
+        self.check(RunView(history, facts, finished=True))
         return by_severity(self.diagnoses)

@@ -42,6 +42,11 @@ LOSS: Final = "loss"
 VAL_LOSS: Final = "val_loss"
 GRAD_NORM_TOTAL: Final = "grad_norm_total"
 LR: Final = "lr"
+OUTPUT_MEAN: Final = "output_mean"
+OUTPUT_STD: Final = "output_std"
+OUTPUT_MIN: Final = "output_min"
+OUTPUT_MAX: Final = "output_max"
+OUTPUT_SPREAD: Final = "output_spread"
 
 # The layer name of the model input's statistics, and of run-wide statistics.
 INPUT_LAYER: Final = "input"
@@ -107,6 +112,19 @@ QUANTITIES: Final[dict[str, Quantity]] = {
         Quantity(VAL_LOSS, "run", "as logged by the user or the framework", "validation loss", ""),
         Quantity(GRAD_NORM_TOTAL, "run", "sqrt(sum of squared grad_norm)", "global gradient norm", "L2 norm"),
         Quantity(LR, "run", "the learning rate the step used", "learning rate", ""),
+        Quantity(OUTPUT_MEAN, "run", "mean of the model output's elements", "model output mean", "output units"),
+        Quantity(
+            OUTPUT_STD, "run", "population std of the model output's elements", "model output std", "output units"
+        ),
+        Quantity(OUTPUT_MIN, "run", "smallest element of the model output", "model output min", "output units"),
+        Quantity(OUTPUT_MAX, "run", "largest element of the model output", "model output max", "output units"),
+        Quantity(
+            OUTPUT_SPREAD,
+            "run",
+            "std across samples (dim 0), averaged over the other elements: ~0 for a constant prediction",
+            "model output spread across samples",
+            "output units",
+        ),
     )
 }
 
@@ -115,6 +133,7 @@ ACTIVATION_STATS: Final = (ACT_MEAN, ACT_STD, DEAD_FRAC, SAT_FRAC, NONFINITE)
 PARAMETER_STATS: Final = (GRAD_NORM, WEIGHT_NORM, UPDATE_RATIO)
 KEY_STATS: Final = ACTIVATION_STATS + PARAMETER_STATS
 FRACTION_STATS: Final = (DEAD_FRAC, SAT_FRAC)
+OUTPUT_STATS: Final = (OUTPUT_MEAN, OUTPUT_STD, OUTPUT_MIN, OUTPUT_MAX, OUTPUT_SPREAD)
 
 
 def spec(name: str) -> Quantity:
@@ -139,6 +158,12 @@ __all__ = [
     "LOSS",
     "LR",
     "NONFINITE",
+    "OUTPUT_MAX",
+    "OUTPUT_MEAN",
+    "OUTPUT_MIN",
+    "OUTPUT_SPREAD",
+    "OUTPUT_STATS",
+    "OUTPUT_STD",
     "PARAMETER_STATS",
     "QUANTITIES",
     "RUN_LAYER",

@@ -206,11 +206,15 @@ class Session:
         """See :meth:`Recorder.capture_grads`."""
         self.recorder.capture_grads(optimizer)
 
-    def end_batch(self, loss: Any = None) -> None:
+    def end_batch(self, loss: Any = None, target: Any = None) -> None:
         """See :meth:`Recorder.end_batch`."""
         if self.halt_on and self.combiner.distributed:  # rank 0's vote travels with the next exchange
             self.combiner.vote_halt(bool(self.guard.run("halt_on", self.halting_locally, self.halt_on)))
-        self.recorder.end_batch(loss)
+        self.recorder.end_batch(loss, target)
+
+    def note_task(self, loss: Any = None, target: Any = None) -> None:
+        """See :meth:`Recorder.note_task` (the loss before ``backward()``, the batch's targets)."""
+        self.recorder.note_task(loss, target)
 
     def halting(self, codes: tuple[str, ...]) -> Diagnosis | None:
         """The first open diagnosis whose code is in ``codes`` (``halt_on``), else ``None``.

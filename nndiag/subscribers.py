@@ -154,15 +154,15 @@ class Advising(Subscriber):
             self.guard.run("advisors", self.check)
 
     def on_stop(self) -> None:
-        """The final check, on everything recorded."""
-        self.guard.run("advisors", self.check)
+        """The final check, on everything recorded (end-of-run rules speak: the run has finished)."""
+        self.guard.run("advisors", self.check, True)
 
-    def check(self) -> None:
+    def check(self, finished: bool = False) -> None:
         """Run the advisors on the history so far; publish what changed."""
         history = self.memory.frame()
         if history.empty:
             return
-        changed = self.loop.run(history, self.facts() or ModelFacts())
+        changed = self.loop.run(history, self.facts() or ModelFacts(), finished)
         if changed:
             self.publish(int(history.step.max()), changed, by_severity(self.loop.diagnoses))
 

@@ -104,6 +104,7 @@ class ActivationCollector:
         self.acc: dict[str, _Accum] = {}
         self.input_acc: _Accum | None = None
         self.facts = ForwardFacts()
+        self.observer: Any = None  # sees the forward's keywords and each module's output when armed (TaskProbe)
         self._facts_done = False
         self._last_layout: tuple[torch.Size, bool] | None = None
 
@@ -158,6 +159,8 @@ class ActivationCollector:
         if not module.training or not self.armed or self.input_acc is not None:
             return  # (training first: under torch.compile an eval pass then guards on it alone)
         self.guard.run("input statistics", self._record_input, (args, kwargs))
+        if self.observer is not None and kwargs:
+            self.guard.run("task input", self.observer.saw_input, kwargs)
 
     def _record_input(self, obj: Any) -> None:
         # attempted for this step: if what follows fails, no module's hook retries it (one report, and the modules'
@@ -185,6 +188,8 @@ class ActivationCollector:
         tensors = float_tensors(output)
         if not tensors:
             return
+        if self.observer is not None:
+            self.observer.saw_output(output)
         x = tensors[0].detach() if len(tensors) == 1 else torch.cat([t.detach().reshape(-1) for t in tensors])
         st = self.static[name]
         unit_dim = self._unit_dim(st, tensors[0])

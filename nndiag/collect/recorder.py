@@ -50,6 +50,7 @@ from nndiag.collect.distributed import Combined, LocalCombiner, RankCombiner, St
 from nndiag.collect.facts import build_model_facts, initial_weight_facts, module_facts
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
+from nndiag.collect.task_probe import TaskProbe
 from nndiag.config import RecorderConfig
 from nndiag.facts import InitFacts, ModelFacts
 from nndiag.guard import ErrorGuard
@@ -80,6 +81,8 @@ class Recorder:
         self.optimizers = list(optimizers)
         self.acts = ActivationCollector(model, self.guard, self.config.histograms, self.config.histogram_bins)
         self.params = ParamCollector(model, self.config.update_ratio, self.config.update_ratio_samples)
+        self.task = TaskProbe(self.guard)  # targets, model output, loss kind (logging steps)
+        self.acts.observer = self.task
         self.step = start_step
         self._handles: list[Any] = []
         self._hooked_optimizers = 0
@@ -126,6 +129,7 @@ class Recorder:
             h.remove()
         self._handles.clear()
         self.acts.detach()
+        self.task.release()
         self.params.release()
         self.model = None
         self.optimizers = []
@@ -139,6 +143,8 @@ class Recorder:
         self._logging = bool(self.guard.run("schedule", self.should_log, self.step))
         if self._logging and not self._acts_done:
             self.acts.arm()
+        if self._logging:
+            self.task.arm()
 
     def capture_grads(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Record gradient norms now (of ``optimizer``'s parameters, or all), on logging steps."""
@@ -169,11 +175,17 @@ class Recorder:
                 [p for g in optimizer.param_groups for p in g["params"]],
             )
 
-    def end_batch(self, loss: Any = None) -> None:
-        """Close a batch: keep its loss; finish the step if an optimizer stepped during it."""
+    def end_batch(self, loss: Any = None, target: Any = None) -> None:
+        """Close a batch: keep its loss; finish the step if an optimizer stepped during it.
+
+        ``target`` (optional): the batch's targets, summarised on the first logging steps (task facts).
+        """
         if self.closed:
             return
         self.acts.disarm()
+        if self._logging:
+            self.note_task(loss, target)
+        self.task.disarm()
         if self._logging:
             self._acts_done = True
         if loss is not None:
@@ -195,12 +207,20 @@ class Recorder:
         # even if finishing the step failed: nothing of this step may leak into the next one
         self._micro_losses = []
         self.acts.reset()
+        self.task.release()
         self.params.reset()
         self.step += 1
         self._step_lrs = {}
         self._stepped = False
         self._grads_captured = False
         self._acts_done = False
+
+    def note_task(self, loss: Any = None, target: Any = None) -> None:
+        """Show the task probe this logging step's loss tensor (its graph intact) and/or targets."""
+        if target is not None:
+            self.guard.run("task targets", self.task.note_target, target)
+        if loss is not None:
+            self.guard.run("task loss", self.task.note_loss, loss)
 
     # -- internals -------------------------------------------------------------------
     def _keep_loss(self, loss: Any) -> None:
@@ -279,8 +299,9 @@ class Recorder:
         # each part is its own site: a failing part costs only its own statistics
         acts = self.guard.run("activation packing", self.acts.pack) or ([], [], [])
         pars = self.guard.run("parameter statistics", self.params.pack) or ([], [])
-        keys = acts[0] + pars[0]
-        scalars = acts[1] + pars[1]
+        task = ([], []) if self.combiner.distributed else self.guard.run("task packing", self.task.pack) or ([], [])
+        keys = acts[0] + pars[0] + task[0]
+        scalars = acts[1] + pars[1] + task[1]
         extras = acts[2]
         for k, opt in enumerate(self.optimizers):
             used = self._step_lrs.get(id(opt))
@@ -324,6 +345,8 @@ class Recorder:
                 self.config.histogram_bins,
             )
         )
+        if step.payload is not None and self.guard.run("task facts", self.task.facts_update) is not None:
+            self._facts_sent = False  # the task facts changed: send the facts again
         if step.payload is not None and not self._facts_sent:
             self._facts_sent = True
             facts = self.guard.run("model facts", self.facts)
@@ -336,7 +359,7 @@ class Recorder:
         assert self.model is not None
         ff = self.acts.facts
         modules = [(name, module_facts(mod)) for name, mod in self.acts.modules]
-        return build_model_facts(
+        facts = build_model_facts(
             self.model,
             modules,
             ff.order,
@@ -346,6 +369,10 @@ class Recorder:
             self._init_facts,
             self._start_step,
         )
+        task = self.task.task_facts()
+        if task:
+            facts.extra["task"] = task
+        return facts
 
 
 def _lr_copy(lr: Any) -> Any:

@@ -2,9 +2,9 @@
 
 It records three things (the functions are in :mod:`nndiag.collect.task`):
 
-* the **model output** (the root module's output: the first floating tensor, ``logits`` of a
-  Hugging Face ``ModelOutput``): its mean, std, min, max and spread across samples, on the device,
-  as run-wide statistics of every logging step (``output_*``);
+* the **model output** (the output of the last module the forward pass called: the first floating
+  tensor, ``logits`` of a Hugging Face ``ModelOutput``): its mean, std, min, max and spread across
+  samples, on the device, as run-wide statistics of every logging step (``output_*``);
 * the **targets** (``Monitor.step(loss, target=y)``, the Lightning batch, or a ``labels`` keyword
   of the model's forward): summarised on the device on the first ``samples`` logging steps that
   have them, decoded then (one small host transfer each, ``samples`` times per run) and merged into
@@ -18,23 +18,28 @@ the targets' variance for MSE, the entropy of the class prior for cross-entropy)
 against target shape mismatch (``[N, 1]`` against ``[N]``). Everything is optional: no target, a
 custom loss or a dict output just leave the facts unknown.
 
+It has no hook of its own: the activation collector's hooks hand it the forward's keywords
+(:meth:`TaskProbe.saw_input`, for a ``labels`` keyword) and each recorded module's output
+(:meth:`TaskProbe.saw_output`; the last one is the model's output) on logging steps.
+
 Example:
     >>> import torch, torch.nn as nn
     >>> from nndiag.collect.task_probe import TaskProbe
     >>> from nndiag.guard import ErrorGuard
     >>> model = nn.Sequential(nn.Linear(3, 1), nn.Sigmoid())
-    >>> probe = TaskProbe(model, ErrorGuard())
-    >>> probe.attach()
+    >>> probe = TaskProbe(ErrorGuard())
     >>> probe.arm()
     >>> x, y = torch.randn(8, 3), torch.randn(8, 1) * 5
-    >>> loss = nn.functional.mse_loss(model(x), y)
+    >>> out = model(x)
+    >>> probe.saw_output(out)
+    >>> loss = nn.functional.mse_loss(out, y)
     >>> probe.note_target(y); probe.note_loss(loss)
     >>> [stat for _, stat in probe.pack()[0]]
     ['output_mean', 'output_std', 'output_min', 'output_max', 'output_spread']
     >>> task = probe.facts_update()
     >>> task["loss"]["kind"], task["target"]["looks_like"], task["output"]["shape"]
     ('mse', 'continuous', [8, 1])
-    >>> probe.disarm(); probe.detach()
+    >>> probe.disarm()
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from nndiag import quantities as Q
 from nndiag.collect.task import (
@@ -68,17 +72,15 @@ class TaskProbe:
     """Output statistics on every logging step; targets and loss kind summarised into task facts.
 
     Args:
-        model: the root module (its forward hook sees the output and a ``labels`` keyword).
         guard: where internal errors go (never raised into training).
         samples: logging steps whose targets are summarised into the facts.
     """
 
-    def __init__(self, model: nn.Module, guard: ErrorGuard, samples: int = 3) -> None:
-        self.model: nn.Module | None = model
+    def __init__(self, guard: ErrorGuard, samples: int = 3) -> None:
         self.guard = guard
         self.samples = samples
-        self._handle: Any = None
         self._armed = False
+        self._last_output: Any = None  # the latest recorded module's output in this logging step's forward
         self._out: tuple[torch.Tensor, tuple[int, ...]] | None = None
         self._target: tuple[torch.Tensor, tuple[int, ...], torch.dtype] | None = None
         self._loss: LossKind | None = None
@@ -87,20 +89,7 @@ class TaskProbe:
         self._loss_facts: dict[str, Any] | None = None
         self._sent: dict[str, Any] | None = None
 
-    # -- hooks -------------------------------------------------------------------------
-    def attach(self) -> None:
-        """Register the root module's forward hook (it returns at once on non-logging steps)."""
-        if self.model is not None and self._handle is None:
-            self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
-
-    def detach(self) -> None:
-        """Remove the hook and drop the model."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self.model = None
-        self._out = self._target = None
-
+    # -- what the activation collector passes (logging steps only) -------------------------
     def arm(self) -> None:
         """A logging step begins: look at the next output, target and loss."""
         self._armed = True
@@ -109,21 +98,21 @@ class TaskProbe:
         """The batch ended: ignore outputs until the next logging step."""
         self._armed = False
 
-    def _hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if not self._armed or self._out is not None:
-            return
-        self.guard.run("task output", self._see_output, kwargs, output)
-
-    def _see_output(self, kwargs: Mapping[str, Any], output: Any) -> None:
-        out = pick_output(output)
-        if out is not None:
-            self._out = (output_pack(out), tuple(int(s) for s in out.shape))
+    def saw_input(self, kwargs: Mapping[str, Any]) -> None:
+        """The root module's forward keywords: a ``labels`` (``target``, ...) tensor is the batch's targets."""
         labels = next((kwargs.get(k) for k in TARGET_KEYS if isinstance(kwargs.get(k), torch.Tensor)), None)
         if labels is not None:
             self.note_target(labels)
-        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-        if isinstance(loss, torch.Tensor):
-            self.note_loss(loss)
+
+    def saw_output(self, output: Any) -> None:
+        """A recorded module's output (kept by reference; the last one of the forward is the model's output)."""
+        if self._armed:
+            self._last_output = output
+
+    def release(self) -> None:
+        """Drop the references to this step's tensors."""
+        self._last_output = None
+        self._out = self._target = None
 
     # -- what the adapters pass ----------------------------------------------------------
     def note_target(self, target: Any) -> None:
@@ -146,6 +135,9 @@ class TaskProbe:
     # -- at the end of a logging step ------------------------------------------------------
     def pack(self) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
         """This logging step's output statistics: ``(layer, stat)`` keys and 0-d device tensors."""
+        out, self._last_output = pick_output(self._last_output), None
+        if out is not None and out.numel() > 0:
+            self._out = (output_pack(out), tuple(int(s) for s in out.shape))
         if self._out is None:
             return [], []
         values = self._out[0]
@@ -243,3 +235,23 @@ def merge_targets(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out["looks_vary"] = len({s.get("looks_like") for s in samples}) > 1
     out["batches"] = n
     return out
+
+
+def batch_target(batch: Any) -> torch.Tensor | None:
+    """The targets in a training batch: the second element of a tuple/list, or a target key of a dict.
+
+    Example:
+        >>> import torch
+        >>> batch_target((torch.zeros(4, 3), torch.ones(4))).shape, batch_target({"labels": torch.ones(2)}).shape
+        (torch.Size([4]), torch.Size([2]))
+        >>> batch_target(torch.zeros(4, 3)) is None, batch_target({"input_ids": torch.ones(2)}) is None
+        (True, True)
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
+        return batch[1]
+    if isinstance(batch, Mapping):
+        for key in TARGET_KEYS:
+            value = batch.get(key)
+            if isinstance(value, torch.Tensor):
+                return value
+    return None

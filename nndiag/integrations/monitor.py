@@ -140,12 +140,15 @@ class Monitor:
         )
         self.session.begin_batch()
 
-    def step(self, loss: torch.Tensor | float | None = None) -> None:
-        """Mark the end of a batch (call after ``optimizer.step()``), with its loss.
+    def step(self, loss: torch.Tensor | float | None = None, *, target: torch.Tensor | None = None) -> None:
+        """Mark the end of a batch (call after ``optimizer.step()``), with its loss and optionally its targets.
 
-        The loss tensor is kept on the device; no host synchronisation happens here.
+        The loss tensor is kept on the device; no host synchronisation happens here. Pass the loss
+        tensor itself (not ``loss.item()``): on logging steps nndiag reads the loss kind from its
+        autograd graph. ``target=y`` (optional) lets nndiag check the task: targets against the
+        output activation and the loss, target scale, the loss of a constant prediction.
         """
-        self.session.end_batch(loss)
+        self.session.end_batch(loss, target)
         self.session.begin_batch()
 
     def record(self, stat: str, value: float) -> None:

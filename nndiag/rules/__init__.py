@@ -7,6 +7,7 @@ order, what explains it, what it requires, its thresholds); see :mod:`nndiag.rul
 from nndiag.rules import (  # noqa: F401  (imported for registration)
     activations,
     architecture,
+    baseline,
     collapse,
     fit,
     gradients,
@@ -14,9 +15,14 @@ from nndiag.rules import (  # noqa: F401  (imported for registration)
     initial,
     inputs,
     loss,
+    loss_fit,
     lr,
     nonfinite,
+    output_activation,
     params,
+    regularization,
+    targets,
+    training_length,
 )
 from nndiag.rules.config import AdvisorConfig
 from nndiag.rules.registry import RULES, Rule, rule

@@ -194,6 +194,10 @@ def loss_oscillating(view: RunView, t: LossThresholds) -> list[Diagnosis]:
         "symmetric_init",
         "nonfinite_loss",
         "underfitting",
+        "loss_at_baseline",
+        "output_activation_mismatch",
+        "loss_mismatch",
+        "regularization_too_strong",
     ),
     thresholds=LossThresholds,
     summary="< 1% drop between the first and last thirds of a window of ≥ 50 steps or 25% of the run (longer "

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
+from nndiag.rules.baseline import BaselineThresholds, at_baseline, output_spread_ratio
 from nndiag.rules.curves import relative_drop
 from nndiag.rules.loss_view import LossThresholds, divergence, loss_curve, oscillation
 from nndiag.rules.registry import rule
@@ -45,7 +47,7 @@ class UpdateRatioThresholds(LossThresholds):
 
 
 @dataclass(frozen=True)
-class LrHighThresholds(UpdateRatioThresholds):
+class LrHighThresholds(UpdateRatioThresholds, BaselineThresholds):
     """When updates count as far too large."""
 
     update_ratio_high: float = 1e-1  # sustained median ratio above this = far too large (research checker: log10 > -1)
@@ -64,6 +66,10 @@ class LrLowThresholds(UpdateRatioThresholds):
     # (below it, the tiny updates come from the gradients, not the learning rate: see vanishing_gradients)
     lr_decay_factor: float = 10.0  # a scheduler that lowered the lr >= 10x from its peak makes tiny updates by design
     lr_warmup_rise: float = 1.1  # ... as does a warmup still raising it (by > 10% over the flat window)
+    lr_creep_ratio: float = 1e-4  # also too low: the median weight-matrix ratio at most this (10x under the lecture's
+    # 1e-3; Adam at lr 1e-5 on O(0.1) weights gives ~1e-4) ...
+    lr_creep_drop: float = 0.25  # ... while the loss creeps: it fell 5-25% over the last window and stays above ...
+    lr_creep_level: float = 0.5  # ... half of its start level
 
 
 def weight_matrices(view: RunView, names: list[str]) -> list[str]:
@@ -141,6 +147,19 @@ def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None
     return None
 
 
+def _collapsed_in_training(view: RunView, t: LrHighThresholds) -> bool:
+    """Whether the network was alive at the start and now predicts (nearly) a constant.
+
+    Alive: no ReLU layer fully dead at the first logging step. Constant: the output's spread across
+    samples fell below 5% of its first value (when recorded; else the dead check alone decides).
+    """
+    dead = view.matrix(Q.DEAD_FRAC)
+    if not dead.empty and float(dead.iloc[0].max()) >= t.lr_collapse_dead_frac:
+        return False  # dead from initialisation: not the learning rate's doing
+    spread = output_spread_ratio(view)
+    return spread is None or spread < 0.05
+
+
 def _first_nonfinite_loss(view: RunView) -> int | None:
     """First step with a NaN/Inf loss."""
     loss = view.series("loss")
@@ -173,8 +192,9 @@ def _lr_text(lr: float | None, factor_lo: float, factor_hi: float, up: bool) -> 
     broken=True,
     summary="median update/weight ratio over the weight matrices ≥ `update_ratio_high` (0.1) at 3 logging steps, "
     "together with a NaN loss, divergence, oscillation, or a collapse (a ReLU layer ≥ 99% dead that was alive at "
-    "step 0, or an output std below 1e-4 of its step-0 value); ratios read just before the event or at its onset "
-    "(Adam's ratio shrinks as weights grow)",
+    "step 0, an output std below 1e-4 of its step-0 value, or a flat loss at the constant-prediction baseline "
+    "after huge first updates); ratios read just before the event or at its onset (Adam's ratio shrinks as "
+    "weights grow)",
 )
 def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
     """Median update/weight ratio >= ``update_ratio_high`` together with an unstable loss.
@@ -208,6 +228,14 @@ def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
         _, step, what = col
         text = f"{what} at step {step}, so the network predicts a constant"
         events.append((text, {}, [ratios[ratios.index <= step]]))
+    base = at_baseline(view, t) if _collapsed_in_training(view, t) else None
+    if base is not None:
+        level, baseline, how, _ = base
+        text = (
+            f"the network collapsed to a constant prediction: the loss rests at {level:.3g}, the {baseline:.3g} of "
+            f"{how}"
+        )
+        events.append((text, {"baseline_loss": baseline}, [ratios.iloc[:k]]))
     for text, extra, windows in events:
         tails = [w.iloc[-k:] for w in windows if len(w) >= k]
         if not tails:
@@ -255,8 +283,9 @@ def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
     explained_by=("vanishing_gradients", "activation_collapse"),
     thresholds=LrLowThresholds,
     summary="even the largest weight-matrix ratio ≤ `update_ratio_low` (1e-5) at 3 logging steps and the loss "
-    "moved < 5% over the last 50 steps; silent when converged, when gradients vanish (median ‖g‖/‖w‖ < 1e-4), "
-    "after a scheduler cut the lr ≥ 10x, or during warmup",
+    "moved < 5% over the last 50 steps (or 25% of the run), or the median ratio ≤ 1e-4 while the loss creeps "
+    "(fell 5-25%, still above half its start); silent when converged, when gradients vanish (median ‖g‖/‖w‖ < "
+    "1e-4), after a scheduler cut the lr ≥ 10x, or during warmup",
 )
 def lr_too_low(view: RunView, t: LrLowThresholds) -> list[Diagnosis]:
     """Update/weight ratio <= ``update_ratio_low`` in every weight matrix, and a loss that barely moves.
@@ -275,22 +304,32 @@ def lr_too_low(view: RunView, t: LrLowThresholds) -> list[Diagnosis]:
     if len(ratios) < k or curve is None or len(curve.values) < t.flat_window:
         return []
     recent = float(ratios.iloc[-k:].median())
-    if not recent <= t.update_ratio_low:
-        return []
-    win = curve.values[-t.flat_window :]
+    win = curve.values[-max(t.flat_window, int(t.flat_window_frac * len(curve.values))) :]
     level = float(np.median(win))
     if level <= curve.converged:
         return []
     drop = relative_drop(win)
-    if not abs(drop) < t.lr_low_loss_drop:
+    # (a) even the largest ratio is tiny and the loss barely moves, or (b) the median ratio is 10x under
+    # healthy while the loss creeps down from a high level (Adam at 1e-5)
+    medians = ratio_checks(view)
+    creep = float(medians.iloc[-k:].median()) if len(medians) >= k else math.nan
+    flat = recent <= t.update_ratio_low and abs(drop) < t.lr_low_loss_drop
+    creeping = (
+        creep <= t.lr_creep_ratio
+        and t.lr_low_loss_drop <= drop < t.lr_creep_drop
+        and level >= t.lr_creep_level * curve.start
+    )
+    if not (flat or creeping):
         return []
+    if creeping and not flat:
+        recent = creep
     grad = _grad_weight_ratio(view, [int(s) for s in ratios.index[-k:]])
     if grad is not None and grad < t.lr_low_grad_ratio:
         return []
     lr = _current_lr(view)
     if _lr_scheduled(view, t):
         return []
-    onset = _streak_from(ratios <= t.update_ratio_low)
+    onset = _streak_from(ratios <= t.update_ratio_low) if flat else _streak_from(medians <= t.lr_creep_ratio)
     onset = int(ratios.index[-k]) if onset is None else onset
     evidence = {"update_ratio": recent, "healthy_ratio": t.update_ratio_healthy, "loss_change": -drop}
     if grad is not None:
@@ -305,7 +344,8 @@ def lr_too_low(view: RunView, t: LrLowThresholds) -> list[Diagnosis]:
             step=onset,
             layer=None,
             message=(
-                f"Learning rate too low: the weights move by at most {recent:.2g} of their norm per step "
+                f"Learning rate too low: the weights move by {'at most' if flat else 'a median'} {recent:.2g} of "
+                "their norm per step "
                 f"(healthy: ~{t.update_ratio_healthy:.0e}) and the loss changed by {change} over "
                 f"the last {len(win)} steps."
             ),

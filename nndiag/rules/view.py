@@ -32,8 +32,11 @@ from nndiag.pivot import forward_sorted, pivot_last
 class RunView:
     """History (long format) and facts of one run, with cached pivots."""
 
-    def __init__(self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any] | None = None, finished: bool = False
+    ) -> None:
         self.history = history
+        self.finished = finished  # the run has ended: end-of-run rules (undertrained) may speak
         self.facts = ModelFacts.from_dict(facts)
         self._by_stat = {stat: frame for stat, frame in history.groupby("stat", sort=False)} if len(history) else {}
         self._matrices: dict[str, pd.DataFrame] = {}

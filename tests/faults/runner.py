@@ -156,8 +156,8 @@ def replay(history: pd.DataFrame, facts: dict, advisor: Advisor) -> tuple[list[i
     steps = history.step.to_numpy()
     seen: list[Seen] = []
     known: set[tuple[str, str | None, bool]] = set()
-    for s in checks:
-        view = RunView(history[steps <= s], facts)
+    for i, s in enumerate(checks):
+        view = RunView(history[steps <= s], facts, finished=i == len(checks) - 1)  # the last check ends the run
         for d in advisor.check(view):
             if d.resolved:
                 continue

@@ -1,0 +1,131 @@
+"""A training loss resting at the loss of a constant prediction: the network learns nothing from its inputs.
+
+The baseline is the loss of the best constant prediction, from the targets seen (the targets'
+variance for MSE, the entropy of the class balance for cross-entropy: ln C for C balanced
+classes; see :func:`nndiag.collect.task.baseline_loss`), else ln C of a softmax classifier.
+
+Example:
+    >>> import pandas as pd
+    >>> from nndiag.rules.baseline import loss_at_baseline
+    >>> from nndiag.rules.config import AdvisorConfig
+    >>> from nndiag.rules.view import RunView
+    >>> rows = [(s, "", "loss", 1.0 + 0.001 * (s % 2)) for s in range(120)]
+    >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
+    >>> facts = {"task": {"loss": {"kind": "mse"}, "baseline_loss": 1.0}}
+    >>> [(d.code, d.severity) for d in loss_at_baseline(RunView(h, facts), AdvisorConfig())]
+    [('loss_at_baseline', 'error')]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nndiag import quantities as Q
+from nndiag.diagnosis import Diagnosis
+from nndiag.rules.loss_view import LossThresholds, g, loss_curve, plateau
+from nndiag.rules.registry import rule
+from nndiag.rules.task_view import task_of
+from nndiag.rules.view import RunView, finite
+
+
+@dataclass(frozen=True)
+class BaselineThresholds(LossThresholds):
+    """How close to the constant-prediction loss a flat training loss must rest."""
+
+    baseline_tolerance: float = 0.05  # the flat loss within 5% of the baseline (or two standard errors of its level)
+
+
+def baseline_of(view: RunView, t: LossThresholds) -> tuple[float, str] | None:
+    """``(baseline loss, how it was obtained)`` or ``None`` when unknown."""
+    task = task_of(view)
+    if task.baseline is not None and task.baseline > 0:
+        what = {
+            "mse": "predicting the targets' mean (their variance)",
+            "l1": "predicting the targets' median",
+            "cross_entropy": "predicting the class frequencies",
+            "bce": "predicting the positive rate",
+            "bce_with_logits": "predicting the positive rate",
+        }.get(task.loss_kind, "a constant prediction")
+        return task.baseline, what
+    c = loss_curve(view, t)
+    if c is not None and c.chance is not None:
+        return c.chance, "a uniform guess over the classes (ln C)"
+    return None
+
+
+def at_baseline(view: RunView, t: BaselineThresholds) -> tuple[float, float, str, int] | None:
+    """``(flat level, baseline, how, onset step)`` when the flat loss rests at the baseline."""
+    p = plateau(view, t)
+    if p is None:
+        return None
+    found = baseline_of(view, t)
+    if found is None:
+        return None
+    base, how = found
+    se = p.noise * math.sqrt(math.pi / max(p.window // 3, 1))
+    if abs(p.level - base) > base * max(t.baseline_tolerance, 2 * se):
+        return None
+    return p.level, base, how, p.onset
+
+
+def output_spread_ratio(view: RunView) -> float | None:
+    """The model output's spread across samples now, relative to the first logging step (``None``: not recorded)."""
+    spread = finite(view.series(Q.OUTPUT_SPREAD))
+    if len(spread) < 2 or not float(spread.iloc[0]) > 0:
+        return None
+    return float(spread.iloc[-1]) / float(spread.iloc[0])
+
+
+@rule(
+    "loss_at_baseline",
+    requires=(Q.LOSS,),
+    severity="error",
+    rank=335,
+    explained_by=(
+        "lr_too_high",
+        "output_activation_mismatch",
+        "loss_mismatch",
+        "weights_not_updating",
+        "symmetric_init",
+        "vanishing_gradients",
+        "dead_units",
+        "nonfinite_loss",
+    ),
+    thresholds=BaselineThresholds,
+    summary="the training loss is flat (as for `loss_not_decreasing`) within 5% of the loss of a constant "
+    "prediction (the targets' variance for MSE, the class entropy for cross-entropy, ln C): the model learns "
+    "nothing from its inputs",
+)
+def loss_at_baseline(view: RunView, t: BaselineThresholds) -> list[Diagnosis]:
+    """A flat training loss at what a constant prediction would give (needs a baseline: targets or ln C)."""
+    found = at_baseline(view, t)
+    if found is None:
+        return []
+    level, base, how, onset = found
+    spread = output_spread_ratio(view)
+    constant = spread is not None and spread < 0.05
+    evidence = {"loss": level, "baseline_loss": base}
+    if spread is not None:
+        evidence["output_spread_ratio"] = spread
+    what = " and the network predicts nearly the same for every sample" if constant else ""
+    return [
+        Diagnosis(
+            code="loss_at_baseline",
+            severity="error",
+            step=onset,
+            layer=None,
+            message=(
+                f"The training loss rests at {g(level)}, the {g(base)} of {how}{what}: the model learns nothing from "
+                "its inputs."
+            ),
+            evidence=evidence,
+            suggestions=[
+                "Check that inputs and labels still match: shuffle or split them together (one permutation, one "
+                "DataLoader), and look at a few (input, label) pairs.",
+                "Check that the model can overfit a handful of samples (nndiag.preflight(model, batch)); if it can, "
+                "the labels do not follow from the inputs as they are fed.",
+                "If the first updates were large, lower the learning rate 10x.",
+            ],
+        )
+    ]

@@ -1,0 +1,101 @@
+"""Regularisation so strong that the model cannot fit: weights shrink while the training loss stays high.
+
+Example:
+    >>> import pandas as pd
+    >>> from nndiag.rules.config import AdvisorConfig
+    >>> from nndiag.rules.regularization import regularization_too_strong
+    >>> from nndiag.rules.view import RunView
+    >>> rows = [(s, "", "loss", 2.2) for s in range(100)]
+    >>> rows += [(s, "fc.weight", "weight_norm", 10.0 * 0.97**s) for s in range(0, 100, 10)]
+    >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
+    >>> facts = {"params": {"fc.weight": {"shape": [8, 8], "trainable": True}},
+    ...          "optimizers": [{"class": "SGD", "param_groups": [{"lr": 0.1, "weight_decay": 0.5}]}]}
+    >>> [(d.code, d.severity) for d in regularization_too_strong(RunView(h, facts), AdvisorConfig())]
+    [('regularization_too_strong', 'warning')]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nndiag import quantities as Q
+from nndiag.diagnosis import Diagnosis
+from nndiag.rules.baseline import baseline_of
+from nndiag.rules.loss_view import LossThresholds, g, loss_curve
+from nndiag.rules.lr import weight_matrices
+from nndiag.rules.registry import rule
+from nndiag.rules.view import RunView
+
+
+@dataclass(frozen=True)
+class RegularizationThresholds(LossThresholds):
+    """When shrinking weights and a high loss count as regularisation that prevents fitting."""
+
+    reg_shrink: float = 0.5  # the weight matrices' median norm fell below half its first value ...
+    reg_loss_frac: float = 0.6  # ... while the training loss stays above 60% of its reference (the baseline loss,
+    # ln C, or its start), over the last flat_window steps
+
+
+def weight_decays(view: RunView) -> list[float]:
+    """The weight decay of every optimizer parameter group (0 where not set)."""
+    out: list[float] = []
+    for opt in view.facts.optimizers:
+        for group in opt.get("param_groups") or []:
+            wd = group.get("weight_decay", 0.0)
+            out.append(float(wd) if isinstance(wd, (int, float)) and not isinstance(wd, bool) else 0.0)
+    return out
+
+
+@rule(
+    "regularization_too_strong",
+    requires=(Q.LOSS, Q.WEIGHT_NORM),
+    rank=165,
+    thresholds=RegularizationThresholds,
+    summary="weight decay > 0 and the weight matrices' median norm shrank below half its first value while the "
+    "training loss stayed above 60% of its reference (baseline loss, ln C or its start)",
+)
+def regularization_too_strong(view: RunView, t: RegularizationThresholds) -> list[Diagnosis]:
+    """Weight decay that wins over the data: the weights shrink while the loss stays high."""
+    decays = weight_decays(view)
+    if not decays or max(decays) <= 0:
+        return []
+    norms = view.matrix(Q.WEIGHT_NORM)
+    names = weight_matrices(view, [str(c) for c in norms.columns])
+    c = loss_curve(view, t)
+    if norms.empty or not names or c is None or len(c.values) < t.flat_window:
+        return []
+    m = norms[names].dropna(how="all")
+    if len(m) < 2:
+        return []
+    first, last = m.iloc[0], m.iloc[-1]
+    ratio = float(np.nanmedian((last / first).to_numpy(dtype=float)))
+    if not ratio < t.reg_shrink:
+        return []
+    found = baseline_of(view, t)
+    ref = found[0] if found is not None else c.start
+    level = float(np.median(c.values[-t.flat_window :]))
+    if not (ref > 0 and level >= t.reg_loss_frac * ref):
+        return []
+    wd = max(decays)
+    return [
+        Diagnosis(
+            code="regularization_too_strong",
+            severity="warning",
+            step=int(m.index[0]),
+            layer=None,
+            message=(
+                f"The regularisation is too strong: with weight decay {wd:g} the weights shrank to {ratio:.0%} of "
+                f"their initial norm while the training loss stayed at {g(level)} ({level / ref:.0%} of "
+                f"{'the constant-prediction loss' if found is not None else 'its start'} {g(ref)})."
+            ),
+            evidence={"weight_decay": wd, "weight_norm_ratio": ratio, "loss": level, "reference_loss": ref},
+            suggestions=[
+                f"Lower the weight decay 10-100x (e.g. to {wd / 30:.1g}); the lecture: first make the model fit, "
+                "then add regularisation until the validation gap closes.",
+                "With Adam, use AdamW's decoupled weight decay (L2 in Adam is scaled differently).",
+                "Check dropout rates and any penalty terms added to the loss.",
+            ],
+        )
+    ]
