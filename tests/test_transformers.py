@@ -296,9 +296,9 @@ def test_custom_compute_loss_is_recorded(tmp_path):
 
 
 def test_without_the_trainer_the_model_output_loss_is_recorded(tmp_path, monkeypatch):
-    import nndiag.integrations.transformers as hf
+    from nndiag.integrations import hf_run
 
-    monkeypatch.setattr(hf, "_find_trainer", lambda: None)  # fallback: a forward hook on the model
+    monkeypatch.setattr(hf_run, "find_trainer", lambda: None)  # fallback: a forward hook on the model
     model = bert()
     cb, truth = NndiagCallback(schedule=1), MicroLosses()
     Trainer(

@@ -46,34 +46,28 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import sys
-import time
-import warnings
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from nndiag.collect.optimizers import hookable_or_fallback, unwrap_module
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
-from nndiag.guard import ErrorGuard, NndiagInternalWarning
+from nndiag.guard import ErrorGuard
+from nndiag.integrations import hf_run
 from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
-from nndiag.integrations.monitor import next_version_dir
-from nndiag.integrations.options import build_config, clean_hparams
+from nndiag.integrations.hf_loss import StepLoss
+from nndiag.integrations.options import build_config
 from nndiag.log import get_logger
-from nndiag.resume import STORE_NAME, ResumeState
+from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule, resolve_schedule
 from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
 
 try:
-    from transformers import Trainer, TrainerCallback
+    from transformers import TrainerCallback
     from transformers.trainer_callback import ExportableState
 except ImportError as exc:  # pragma: no cover - exercised only without transformers
     raise ImportError(
@@ -81,7 +75,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         "For Lightning use nndiag.DiagnosticsCallback, for plain loops nndiag.Monitor."
     ) from exc
 
-STATE_KEY = "nndiag_resume"  # attribute name of the saved state in trainer_state.json
 _WRONG_TRAINER = (
     "nndiag.integrations.transformers.NndiagCallback is a Hugging Face Trainer callback; "
     "for a Lightning Trainer use nndiag.DiagnosticsCallback."
@@ -159,10 +152,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
         self.diagnoses: list[Diagnosis] = []
         self._resume: ResumeState | None = None
         self._empty = MemoryHistory()
-        self._step_loss: torch.Tensor | None = None
-        self._trainer: Any = None
-        self._patched: Any = None  # (training_step wrapper, what it replaced) while a run is recorded
-        self._loss_hook: Any = None
+        self._loss = StepLoss(self.guard)  # the loss of each step, from the Trainer's training_step
 
     # -- results ---------------------------------------------------------------------
     @property
@@ -179,7 +169,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
 
     # -- Trainer events --------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        trainer = _find_trainer()
+        trainer = hf_run.find_trainer()
         self.guard.run("callback start", self._start, args, state, trainer, kwargs)
 
     def _start(self, args: Any, state: Any, trainer: Any, kwargs: dict[str, Any]) -> None:
@@ -190,18 +180,18 @@ class NndiagCallback(TrainerCallback, ExportableState):
             get_logger().warning("nndiag: the Trainer passed no model or optimizer to on_train_begin; not recording.")
             return
         model = unwrap_module(model)
-        resume = self._resume or _saved_state(state)
+        resume = self._resume or hf_run.saved_state(state)
         main = bool(getattr(state, "is_world_process_zero", True))
         if self.preflight is not False and main:
             self.preflight_report = self.guard.run("preflight", self._preflight, model, kwargs)
-        log_dir = _run_dir(self._log_dir, args, resume) if main else None
+        log_dir = hf_run.run_dir(self._log_dir, args, resume) if main else None
         self.session = Session(
             model,
             [hookable_or_fallback(optimizer)],
             log_dir,
             config=self.config,
             schedule=self.schedule,
-            meta=_meta(args, model),
+            meta=hf_run.run_meta(args, model),
             resume=resume,
             guard=self.guard,
             advice=build_advice(*self._advice_args),
@@ -209,9 +199,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
         self._resume = None
         self.stop_reason = None
         self.diagnoses = self.session.diagnoses
-        self._step_loss = None
-        self._trainer = trainer
-        self._watch_loss(trainer, model)
+        self._loss.watch(trainer, model)
 
     def _preflight(self, model: Any, kwargs: dict[str, Any]) -> Any:
         from nndiag.preflight.batch import model_device
@@ -233,7 +221,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.session is not None:
-            self._step_loss = None
+            self._loss.reset()
             self.guard.run("batch start", self.session.begin_batch)
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -248,8 +236,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.session is None:
             return
-        loss, self._step_loss = self._step_loss, None
-        self.guard.run("batch end", self.session.end_batch, loss)
+        self.guard.run("batch end", self.session.end_batch, self._loss.take())
         if self.halt_on and self.stop_reason is None:
             hit = self.guard.run("halt_on", self.session.halting, self.halt_on)
             if hit is not None:
@@ -267,57 +254,16 @@ class NndiagCallback(TrainerCallback, ExportableState):
         self._finish("finished")
 
     def _finish(self, status: str) -> None:
-        self.guard.run("callback close", self._unwatch_loss)
+        self.guard.run("callback close", self._loss.unwatch)
         if self.session is not None and not self.session.closed:
             self.guard.run("callback close", self.session.close, status)
-        self._trainer = None
-
-    # -- the loss of each micro-batch --------------------------------------------------
-    def _watch_loss(self, trainer: Any, model: torch.nn.Module) -> None:
-        """Wrap ``trainer.training_step`` (its return value is the loss); without the Trainer, hook ``model``."""
-        if trainer is not None:
-            replaced = trainer.__dict__.get("training_step")
-            original = trainer.training_step
-
-            def training_step(*a: Any, **kw: Any) -> Any:
-                loss = original(*a, **kw)
-                self.guard.run("loss", self._add_loss, loss)
-                return loss
-
-            trainer.training_step = training_step
-            self._patched = (trainer, training_step, replaced)
-            return
-        self._loss_hook = model.register_forward_hook(self._output_loss)
-
-    def _output_loss(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
-        if module.training and self.session is not None:
-            loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-            if isinstance(loss, torch.Tensor):
-                self.guard.run("loss", self._add_loss, loss)
-
-    def _add_loss(self, loss: Any) -> None:
-        if isinstance(loss, torch.Tensor):
-            value = loss.detach().float().mean()  # stays on the device: no host sync
-            self._step_loss = value if self._step_loss is None else self._step_loss + value.to(self._step_loss)
-
-    def _unwatch_loss(self) -> None:
-        if self._loss_hook is not None:
-            self._loss_hook.remove()
-            self._loss_hook = None
-        if self._patched is not None:
-            trainer, wrapper, replaced = self._patched
-            self._patched = None
-            if trainer.__dict__.get("training_step") is wrapper:
-                if replaced is None:
-                    del trainer.training_step
-                else:
-                    trainer.training_step = replaced
 
     # -- checkpoints (the Trainer's ExportableState protocol) -------------------------
     def state(self) -> dict[str, Any]:
         """What ``trainer_state.json`` keeps: the JSON-safe options and the resume state."""
         resume = self.session.resume_state() if self.session is not None else (self._resume or ResumeState())
-        return {"args": _json_safe_args(self._init_args), "attributes": {STATE_KEY: _jsonable(resume.to_state_dict())}}
+        saved = hf_run.jsonable(resume.to_state_dict())
+        return {"args": hf_run.json_safe_args(self._init_args), "attributes": {hf_run.STATE_KEY: saved}}
 
     @property
     def nndiag_resume(self) -> dict[str, Any] | None:
@@ -326,7 +272,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
 
     @nndiag_resume.setter
     def nndiag_resume(self, value: Any) -> None:
-        self._resume = _parse_state(value)
+        self._resume = hf_run.parse_state(value)
 
     # -- the wrong trainer: a Lightning Trainer reads ``state_key`` and calls ``setup`` first --
     @property
@@ -339,87 +285,3 @@ class NndiagCallback(TrainerCallback, ExportableState):
 
     def on_exception(self, *args: Any, **kwargs: Any) -> None:
         """Lightning's failure hook: nothing to do (lets the ``TypeError`` above reach the user)."""
-
-
-def _find_trainer() -> Any:
-    """The ``transformers.Trainer`` whose callback handler is calling us (from the call stack), else ``None``."""
-    frame = sys._getframe(1)
-    for _ in range(12):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
-            return candidate
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
-
-
-def _saved_state(state: Any) -> ResumeState | None:
-    """The callback state of the checkpoint the Trainer resumed from (``None`` on a fresh run)."""
-    if int(getattr(state, "global_step", 0) or 0) <= 0:
-        return None
-    saved = (getattr(state, "stateful_callbacks", None) or {}).get(NndiagCallback.__name__)
-    if isinstance(saved, list):
-        saved = saved[0] if saved else None
-    if not isinstance(saved, Mapping):
-        return None
-    return _parse_state((saved.get("attributes") or {}).get(STATE_KEY))
-
-
-def _parse_state(value: Any) -> ResumeState | None:
-    if value is None:
-        return None
-    try:
-        return ResumeState.from_state_dict(dict(value) if isinstance(value, Mapping) else value)
-    except (TypeError, ValueError) as exc:
-        warnings.warn(
-            f"nndiag: ignoring an unreadable callback state in the checkpoint: {exc}.",
-            NndiagInternalWarning,
-            stacklevel=3,
-        )
-        return None
-
-
-def _run_dir(explicit: str | None, args: Any, resume: ResumeState | None) -> Path:
-    """Where this run is written (see the module docstring); a resumed run continues its own directory."""
-    if resume is not None and resume.continued_dir() is not None:
-        return Path(str(resume.continued_dir()))
-    base = explicit or getattr(args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
-    if not base:
-        stamp = time.strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname()
-        base = os.path.join(getattr(args, "output_dir", None) or "trainer_output", "runs", stamp)
-    path = Path(os.path.expanduser(str(base)))
-    return next_version_dir(path) if (path / STORE_NAME).exists() else path
-
-
-def _meta(args: Any, model: Any) -> dict[str, Any]:
-    import transformers
-
-    to_dict = getattr(args, "to_sanitized_dict", None)
-    hparams = to_dict() if callable(to_dict) else {}
-    precision = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "32"
-    return {
-        "framework": "transformers",
-        "transformers_version": transformers.__version__,
-        "accumulate_grad_batches": getattr(args, "gradient_accumulation_steps", None),
-        "precision": precision,
-        "hparams": clean_hparams(hparams),
-        "model_type": getattr(getattr(model, "config", None), "model_type", None),
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as plain JSON data (``trainer_state.json`` is written with ``json.dumps``)."""
-    return json.loads(json.dumps(value, default=lambda o: float(o) if hasattr(o, "__float__") else str(o)))
-
-
-def _json_safe_args(args: dict[str, Any]) -> dict[str, Any]:
-    """The constructor options that survive JSON (a callable schedule or a config object does not)."""
-    safe = {}
-    for key, value in args.items():
-        try:
-            if json.loads(json.dumps(value)) == value:
-                safe[key] = value
-        except (TypeError, ValueError):
-            continue
-    return safe
