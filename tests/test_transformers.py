@@ -137,7 +137,7 @@ def recorded_losses(cb) -> list[float]:
 
 def test_bert_sequence_classification_with_accumulation(tmp_path):
     model = bert()
-    cb, truth = NndiagCallback(schedule=1), MicroLosses()
+    cb, truth = NndiagCallback(schedule=1, report=True), MicroLosses()
     trainer = Trainer(
         model=model,
         args=arguments(tmp_path, gradient_accumulation_steps=2),
@@ -174,6 +174,7 @@ def test_bert_sequence_classification_with_accumulation(tmp_path):
     assert run.meta["hparams"]["learning_rate"] == pytest.approx(1e-3)
     assert run.facts["model_class"] == "BertForSequenceClassification"
     assert list(log_dir.glob("events.out.tfevents.*"))
+    assert (log_dir / "nndiag-report.html").is_file()  # the report, written at the end of training
     assert not list(log_dir.glob("*-wal")) and not list(log_dir.glob("*-shm"))
     # nothing left behind: no hook on the model, the Trainer's training_step is its own again
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -23,7 +23,7 @@ from typing import Any
 
 from nndiag.guard import NndiagInternalWarning
 from nndiag.integrations.monitor import next_version_dir
-from nndiag.integrations.options import clean_hparams
+from nndiag.options import clean_hparams
 from nndiag.resume import STORE_NAME, ResumeState
 
 STATE_KEY = "nndiag_resume"  # attribute name of the callback's saved state in trainer_state.json

@@ -57,12 +57,12 @@ from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard
 from nndiag.integrations import hf_run
-from nndiag.integrations.advice_options import AdvisorConfigLike, build_advice, halt_codes
 from nndiag.integrations.hf_loss import StepLoss
-from nndiag.integrations.options import build_config
 from nndiag.log import get_logger
+from nndiag.options import AdvisorConfigLike, DiagnosticsOptions
+from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
-from nndiag.schedule import Schedule, resolve_schedule
+from nndiag.schedule import Schedule
 from nndiag.session import Session
 from nndiag.sinks.memory import MemoryHistory
 
@@ -123,17 +123,24 @@ class NndiagCallback(TrainerCallback, ExportableState):
         val_loss_key: str = "eval_loss",
         **options: Any,
     ) -> None:
-        resolve_schedule(schedule)  # a clear error at construction
-        build_advice(diagnose, advisor_config, num_classes, halt_on)
+        # validated now: a clear error at construction, not when training starts
+        self.options = DiagnosticsOptions.build(
+            schedule,
+            config=config,
+            diagnose=diagnose,
+            advisor_config=advisor_config,
+            num_classes=num_classes,
+            halt_on=halt_on,
+            **options,
+        )
         if not isinstance(preflight, (bool, Mapping)):
             raise TypeError(f"preflight must be True/False or a dict of nndiag.preflight options, got {preflight!r}.")
         self.schedule = schedule
-        self.config = build_config(config, options)
-        self.halt_on = halt_codes(halt_on)
+        self.config = self.options.config
+        self.halt_on = self.options.halt_on
         self.preflight = preflight
         self.val_loss_key = val_loss_key
         self._log_dir = None if log_dir is None else str(log_dir)
-        self._advice_args = (diagnose, advisor_config, num_classes, halt_on)
         self._init_args = {
             "schedule": schedule,
             "log_dir": self._log_dir,
@@ -189,12 +196,11 @@ class NndiagCallback(TrainerCallback, ExportableState):
             model,
             [hookable_or_fallback(optimizer)],
             log_dir,
-            config=self.config,
-            schedule=self.schedule,
             meta=hf_run.run_meta(args, model),
             resume=resume,
             guard=self.guard,
-            advice=build_advice(*self._advice_args),
+            options=self.options,
+            on_close=[write_after_run],
         )
         self._resume = None
         self.stop_reason = None
@@ -215,8 +221,8 @@ class NndiagCallback(TrainerCallback, ExportableState):
             return None
         batch = {k: v for k, v in batch.items() if k != "labels"} if isinstance(batch, Mapping) else batch
         options = dict(self.preflight) if isinstance(self.preflight, Mapping) else {}
-        if self._advice_args[2] is not None:
-            options.setdefault("num_classes", self._advice_args[2])
+        if self.options.num_classes is not None:
+            options.setdefault("num_classes", self.options.num_classes)
         return preflight_at_fit_start(None, model, batch=batch, **options)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
