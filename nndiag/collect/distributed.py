@@ -45,50 +45,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from nndiag import quantities as Q
+from nndiag.collect.payload import ACT_SUMS, ANY, HEADER, MEAN, PARAM_NORMS, SQUARES, SUM, Combined, Slot, StepPayload
+from nndiag.collect.ranks import agree, collective_device, is_dtensor, local, sharded_parameters, writes_here
 from nndiag.guard import NndiagInternalWarning
-
-SUM, SQUARES, MEAN, ANY = "sum", "squares", "mean", "any"
-HEADER = 3  # ranks with statistics, unplaced statistics, halt vote
-# norms of parameters: replicated ones are averaged, sharded ones combined as sqrt(sum of squares)
-PARAM_NORMS = frozenset({Q.GRAD_NORM, Q.WEIGHT_NORM, "_wb", "_wbs", "_delta"})
-ACT_SUMS = {"_n": SUM, "_sum": SUM, "_nonfinite": SUM, "_sat": SUM, "_sq": SQUARES}
-
-
-@dataclass
-class StepPayload:
-    """One rank's statistics of one step, before combining (everything still on the device)."""
-
-    keys: list[tuple[str, str]] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-    extras: list[tuple[str, str, float]] = field(default_factory=list)
-    hist_keys: list[tuple[str, str]] = field(default_factory=list)
-    hists: list[torch.Tensor] = field(default_factory=list)
-    unit_peaks: dict[str, torch.Tensor] = field(default_factory=dict)  # per-unit maxima (dead units)
-
-
-@dataclass
-class Combined:
-    """What rank 0 writes for one exchange: statistics and losses of the global batch."""
-
-    payload: StepPayload | None
-    losses: torch.Tensor | None
-    loss_steps: list[int]
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where one statistic sits in the exchanged vector, and how it is combined."""
-
-    layer: str
-    stat: str
-    op: str
-    length: int = 1
 
 
 class LocalCombiner:
@@ -120,53 +83,6 @@ def combiner_for(model: torch.nn.Module | None, enabled: bool = True) -> LocalCo
         local.rank = dist.get_rank()
         return local
     return RankCombiner(sharded_parameters(model) if model is not None else set())
-
-
-def writes_here() -> bool:
-    """Whether this process writes the run (rank 0 of a ``torch.distributed`` run, or no distributed run).
-
-    Example:
-        >>> writes_here()
-        True
-
-    """
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def sharded_parameters(model: torch.nn.Module) -> set[str]:
-    """Names of parameters of which each rank holds only a shard (FSDP2 ``DTensor``, FSDP1 views).
-
-    Example:
-        >>> import torch.nn as nn
-        >>> sharded_parameters(nn.Linear(2, 2))
-        set()
-
-    """
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
-    except ImportError:  # pragma: no cover - torch without distributed
-        FSDP1 = ()  # type: ignore[assignment,misc]
-    if any(isinstance(m, FSDP1) for m in model.modules()):
-        return {n for n, _ in model.named_parameters()}
-    return {n for n, p in model.named_parameters() if is_dtensor(p)}
-
-
-def is_dtensor(t: Any) -> bool:
-    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded parameter or gradient)."""
-    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of ``t`` (the shard of a ``DTensor``; any other tensor as it is).
-
-    Example:
-        >>> import torch
-        >>> local(torch.ones(2)).tolist()
-        [1.0, 1.0]
-
-    """
-    return t.to_local() if is_dtensor(t) else t  # type: ignore[attr-defined]
 
 
 class RankCombiner:
@@ -444,37 +360,19 @@ def _device_of(payload: StepPayload | None, losses: torch.Tensor | None) -> torc
         return payload.values[0].device
     if losses is not None:
         return losses.device
-    return _collective_device()
+    return collective_device()
 
 
-def agree(ok: bool, group: Any = None) -> bool:
-    """Whether every rank says ``ok`` (one small all-reduce; ``ok`` itself outside ``torch.distributed``).
-
-    The adapters call it on every rank after setting up, so that a rank whose set-up failed
-    switches combining off everywhere instead of leaving the others waiting in the first exchange.
-
-    Example:
-        >>> agree(True)
-        True
-
-    """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) <= 1:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0], device=_collective_device())
-    try:
-        dist.all_reduce(flag, group=group)
-    except Exception as exc:
-        warnings.warn(
-            f"nndiag: ranks could not agree at start ({type(exc).__name__}: {exc}); statistics are not combined.",
-            NndiagInternalWarning,
-            stacklevel=2,
-        )
-        return False
-    return float(flag.item()) == 0.0
-
-
-def _collective_device() -> torch.device:
-    if torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+__all__ = [
+    "Combined",
+    "LocalCombiner",
+    "RankCombiner",
+    "Slot",
+    "StepPayload",
+    "agree",
+    "combiner_for",
+    "is_dtensor",
+    "local",
+    "sharded_parameters",
+    "writes_here",
+]

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,13 @@ from nndiag.collect.task_probe import batch_target
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
+from nndiag.integrations.lightning_trainer import (
+    VAL_LOSS_KEYS,
+    callback_bases,
+    framework_of,
+    tensorboard_writer,
+    user_loss,
+)
 from nndiag.log import get_logger
 from nndiag.options import AdvisorConfigLike, DiagnosticsOptions, clean_hparams
 from nndiag.report.auto import write_after_run
@@ -66,70 +72,8 @@ else:
             pass
 
 
-# Names under which LightningModules usually log their validation loss (first found is used).
-VAL_LOSS_KEYS = (Q.VAL_LOSS, "val/loss", "valid_loss", "validation_loss", "val_loss_epoch", "loss/val")
-
-
-def _callback_bases() -> tuple[type, ...]:
-    """The ``Callback`` base class of every installed Lightning package (an ``ImportError`` without any)."""
-    bases = []
-    for mod in ("lightning.pytorch", "pytorch_lightning"):
-        try:
-            bases.append(importlib.import_module(mod).Callback)
-        except ImportError:
-            continue
-    if not bases:
-        raise ImportError(
-            "DiagnosticsCallback needs Lightning: pip install lightning (or pytorch-lightning). "
-            "For plain PyTorch loops use nndiag.Monitor."
-        )
-    return tuple(bases)
-
-
-_callback_bases()  # without Lightning, importing this module fails with the message above
-
-
-def _framework(trainer: Any) -> str:
-    return type(trainer).__module__.split(".")[0]
-
-
-def _tensorboard_writer(trainer: Any) -> Any:
-    """The SummaryWriter of the trainer's first TensorBoard logger, if any."""
-    for logger in getattr(trainer, "loggers", []) or []:
-        if "TensorBoard" in type(logger).__name__:
-            exp = logger.experiment
-            if hasattr(exp, "add_scalar"):
-                return exp
-    return None
-
-
-def _loss_of(outputs: Any) -> Any:
-    if outputs is None:
-        return None
-    if isinstance(outputs, dict):
-        return outputs.get("loss")
-    if hasattr(outputs, "detach"):
-        return outputs
-    return None
-
-
-def _user_loss(trainer: Any, pl_module: Any, outputs: Any) -> Any:
-    """The loss ``training_step`` returned.
-
-    Under automatic optimization Lightning hands ``on_train_batch_end`` the loss divided by
-    ``accumulate_grad_batches`` (the value it back-propagates); undo that so the recorded loss
-    is the user's loss, averaged over the batches of each optimizer step.
-    """
-    loss = _loss_of(outputs)
-    accumulate = getattr(trainer, "accumulate_grad_batches", 1)
-    if (
-        loss is not None
-        and getattr(pl_module, "automatic_optimization", True)
-        and isinstance(accumulate, int)
-        and accumulate > 1
-    ):
-        loss = loss * accumulate
-    return loss
+_callback_bases = callback_bases  # the name nndiag.integrations.optuna uses
+_callback_bases()  # without Lightning, importing this module fails with a message saying what to install
 
 
 # the two packages type their hooks with their own Trainer / LightningModule classes: mypy sees them as conflicting
@@ -260,9 +204,9 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
             self.preflight_report = self.guard.run("preflight", self._preflight, trainer, pl_module)
         writer = None
         if self.config.tensorboard:
-            writer = self.guard.run("tensorboard logger", _tensorboard_writer, trainer)
+            writer = self.guard.run("tensorboard logger", tensorboard_writer, trainer)
         meta = {
-            "framework": _framework(trainer),
+            "framework": framework_of(trainer),
             "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", None),
             "precision": str(getattr(trainer, "precision", "")),
             "hparams": clean_hparams(getattr(pl_module, "hparams", None)),
@@ -330,7 +274,7 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
 
     def _end_batch(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
         assert self.session is not None
-        loss = self.guard.run("loss", _user_loss, trainer, pl_module, outputs)  # a failure here must not lose the step
+        loss = self.guard.run("loss", user_loss, trainer, pl_module, outputs)  # a failure here must not lose the step
         self.session.end_batch(loss)
         if self.halt_on and self.stop_reason is None:
             self.guard.run("halt_on", self._maybe_halt, trainer)
