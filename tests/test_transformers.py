@@ -71,7 +71,9 @@ def bert(num_labels: int = 3):
 
 
 def gpt2():
-    cfg = transformers.GPT2Config(vocab_size=96, n_positions=SEQ, n_embd=32, n_layer=2, n_head=2)
+    cfg = transformers.GPT2Config(
+        vocab_size=96, n_positions=SEQ, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(cfg)
 
