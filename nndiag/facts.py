@@ -58,10 +58,9 @@ class _Record:
         return default if value is None else value
 
     def __getitem__(self, key: str) -> Any:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
+        if key in self._FIELDS:
+            return getattr(self, key)  # as in the stored dict, where every declared key is present
+        return self.extra[key]
 
 
 @dataclass(frozen=True, eq=True)
