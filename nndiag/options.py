@@ -174,6 +174,11 @@ class DiagnosticsOptions:
             halt_on=codes,
         )
 
+    @property
+    def report(self) -> bool:
+        """Whether the post-run report is written (``report=`` option, else ``NNDIAG_REPORT``)."""
+        return self.config.wants_report
+
     def advice(self) -> AdvisorLoop | None:
         """A fresh advisor loop for one run (``None`` when ``diagnose`` is False)."""
         if not self.diagnose:
