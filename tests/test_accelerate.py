@@ -121,3 +121,27 @@ def test_not_an_optimizer_still_rejected():
     model = nn.Linear(2, 1)
     with pytest.raises(TypeError, match="expects a torch optimizer"):
         Monitor(model, model, log_dir=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch.distributed without gloo")
+@pytest.mark.timeout(300)
+def test_two_process_accelerate_loop(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "dist" / "accelerate_train.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "NNDIAG_REPORT": "0", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    proc = subprocess.run([*cmd, "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["wrapped"] == "DistributedDataParallel" for r in ranks)  # accelerate.prepare wrapped the model
+    # 256 samples / 2 ranks / 16 per batch = 8 batches per rank, 2 per optimizer step
+    assert all(r["real_steps"] == r["steps"] == 4 for r in ranks)
+    assert ranks[0]["log_dir"] is not None and ranks[1]["log_dir"] is None
+    assert ranks[0]["layers"] == ["0", "1", "2", "input"]  # the user's names, not DDP's "module.0"
+    assert load_run(ranks[0]["log_dir"]).meta["world_size"] == 2
