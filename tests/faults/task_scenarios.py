@@ -536,6 +536,7 @@ def softmax_over_one_unit(seed: int) -> RunResult:
 
 @task_scenario(
     expected=("output_activation_mismatch", "loss_mismatch"),
+    optimizer="SGD",
     exhibits=all_of(graph_says("cross_entropy", "softmax_before_cross_entropy"), probe_tail("loss", above=1.55)),
 )
 def softmax_before_cross_entropy(seed: int) -> RunResult:
@@ -917,7 +918,7 @@ def healthy_multilabel_bce_with_logits(seed: int) -> RunResult:
     return fit(model, opt, sampler(x, y, 64, seed), 250, F.binary_cross_entropy_with_logits, y_all=y)
 
 
-@task_scenario(exhibits=below_baseline(0.2))
+@task_scenario(optimizer="SGD", exhibits=below_baseline(0.2))
 def healthy_digits_softmax_free(seed: int) -> RunResult:
     """Digits MLP with raw logits and ``CrossEntropyLoss``, SGD lr 0.1 momentum 0.9 (the softmax twin's fix)."""
     x, y = digits()
@@ -950,7 +951,7 @@ class HFStyleClassifier(nn.Module):
         return out
 
 
-@task_scenario(exhibits=below_baseline(0.3), holdout=True)
+@task_scenario(optimizer="AdamW", exhibits=below_baseline(0.3), holdout=True)
 def healthy_model_returns_its_loss(seed: int) -> RunResult:
     """Wine classifier whose forward returns ``{"loss", "logits"}``; the loop uses ``out["loss"]`` (AdamW)."""
     x, y = wine()
