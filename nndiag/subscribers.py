@@ -162,7 +162,9 @@ class Advising(Subscriber):
         history = self.memory.frame()
         if history.empty:
             return
-        changed = self.loop.run(history, self.facts() or ModelFacts(), finished)
+        facts = self.facts() or ModelFacts()
+        # `finished` only when set: AdvisorLoop subclasses that override run(history, facts) keep working
+        changed = self.loop.run(history, facts, finished=True) if finished else self.loop.run(history, facts)
         if changed:
             self.publish(int(history.step.max()), changed, by_severity(self.loop.diagnoses))
 
