@@ -83,9 +83,7 @@ class AdvisorLoop:
             return False
         return elapsed >= self.min_interval or self._packets >= self.every_packets
 
-    def run(
-        self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any], finished: bool = False
-    ) -> list[Diagnosis]:
+    def run(self, history: pd.DataFrame, facts: ModelFacts | dict[str, Any], finished: bool = False) -> list[Diagnosis]:
         """Check now; return the diagnoses that are new, updated or resolved (``finished``: the final check)."""
         start = time.monotonic()
         self._packets = 0
