@@ -57,7 +57,8 @@ from typing import Any
 
 from nndiag.advisor import BROKEN_CODES, Advisor
 from nndiag.diagnosis import Diagnosis
-from nndiag.integrations.advice_options import halt_codes
+from nndiag.facts import ModelFacts
+from nndiag.options import halt_codes
 from nndiag.rules.view import RunView
 
 try:
@@ -108,8 +109,10 @@ def current_diagnoses(source: Any) -> list[Diagnosis]:
         return []
     advice = getattr(session, "advice", None)
     config = advice.advisor.config if advice is not None else None
-    extra = advice.extra_facts if advice is not None else {}
-    return list(Advisor(config).evaluate(RunView(history, {**session.facts, **extra})).values())
+    facts = session.model_facts or ModelFacts()
+    if advice is not None:
+        facts = advice.with_extra(facts)  # the user's num_classes
+    return list(Advisor(config).evaluate(RunView(history, facts)).values())
 
 
 def prune_reason(source: Any, codes: Iterable[str] = PRUNE_CODES, recheck: bool = True) -> Diagnosis | None:
