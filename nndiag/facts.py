@@ -62,6 +62,10 @@ class _Record:
             return getattr(self, key)  # as in the stored dict, where every declared key is present
         return self.extra[key]
 
+    def __bool__(self) -> bool:
+        """Whether anything is known (an unknown layer or parameter is falsy, like the empty dict it replaces)."""
+        return bool(self.extra) or any(getattr(self, k) is not None for k in self._FIELDS)
+
 
 @dataclass(frozen=True, eq=True)
 class LayerFacts(_Record):

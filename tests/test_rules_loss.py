@@ -498,7 +498,9 @@ def test_thresholds_come_from_the_config() -> None:
     assert loss_diverging(view, AdvisorConfig.from_dict({"diverge_factor": 4.0})) == []
     flat = run(flat_ln4, ratio=2e-9)
     assert lr_too_low(flat, CFG)
-    assert lr_too_low(flat, AdvisorConfig.from_dict({"update_ratio_low": 1e-9})) == []
+    # both forms of lr_too_low (flat loss, creeping loss) scale with update_ratio_low
+    assert lr_too_low(flat, AdvisorConfig.from_dict({"update_ratio_low": 1e-10})) == []
+    assert lr_too_low(flat, AdvisorConfig.from_dict({"update_ratio_low": 1e-9, "lr_creep_factor": 1.0})) == []
 
 
 def test_rules_are_registered() -> None:

@@ -53,6 +53,7 @@ from nndiag import quantities as Q
 from nndiag.collect.task import (
     LossKind,
     baseline_loss,
+    broadcast_confirmed,
     loss_kind,
     loss_target,
     output_finish,
@@ -87,6 +88,7 @@ class TaskProbe:
         self._targets: list[dict[str, Any]] = []
         self._output_facts: dict[str, Any] | None = None
         self._loss_facts: dict[str, Any] | None = None
+        self._loss_kind: LossKind | None = None
         self._sent: dict[str, Any] | None = None
 
     # -- what the activation collector passes (logging steps only) -------------------------
@@ -156,6 +158,7 @@ class TaskProbe:
         if target is not None:
             self._targets.append(target_finish(target[0].tolist(), target[1], target[2]))
         if loss is not None:
+            self._loss_kind = loss
             self._loss_facts = {k.removeprefix("loss_"): v for k, v in loss.as_facts().items()}
         task = self.task_facts()
         if task == self._sent:
@@ -181,6 +184,9 @@ class TaskProbe:
             kind = (self._loss_facts or {}).get("kind", "unknown")
             task["baseline_loss"] = baseline_loss(kind, target) if kind != "unknown" else None
             out_shape = (self._output_facts or {}).get("shape")
+            if out_shape is not None and self._loss_kind is not None:
+                # the loss graph shows that it averaged more elements than the model predicted
+                task["broadcast_confirmed"] = broadcast_confirmed(self._loss_kind, out_shape)
             if out_shape is not None:
                 mismatch = shape_mismatch(out_shape, target["shape"], kind)
                 task["shape_mismatch"] = (

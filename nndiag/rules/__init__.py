@@ -17,6 +17,7 @@ from nndiag.rules import (  # noqa: F401  (imported for registration)
     loss,
     loss_fit,
     lr,
+    lr_low,
     nonfinite,
     output_activation,
     params,

@@ -21,9 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
-from nndiag.rules.loss_view import LossThresholds, g, loss_curve, plateau
+from nndiag.rules.loss_view import LossThresholds, g, loss_curve
 from nndiag.rules.registry import rule
 from nndiag.rules.task_view import task_of
 from nndiag.rules.view import RunView, finite
@@ -33,7 +35,9 @@ from nndiag.rules.view import RunView, finite
 class BaselineThresholds(LossThresholds):
     """How close to the constant-prediction loss a flat training loss must rest."""
 
-    baseline_tolerance: float = 0.05  # the flat loss within 5% of the baseline (or two standard errors of its level)
+    baseline_tolerance: float = 0.05  # the loss within 5% of the baseline (or two standard errors of a window median)
+    baseline_window: int = 25  # ... over each of the last two windows of this many steps (or 1/8 of the run)
+    baseline_max_error: float = 0.2  # no verdict when two standard errors of a window median exceed 20% (too noisy)
 
 
 def baseline_of(view: RunView, t: LossThresholds) -> tuple[float, str] | None:
@@ -54,19 +58,39 @@ def baseline_of(view: RunView, t: LossThresholds) -> tuple[float, str] | None:
     return None
 
 
-def at_baseline(view: RunView, t: BaselineThresholds) -> tuple[float, float, str, int] | None:
-    """``(flat level, baseline, how, onset step)`` when the flat loss rests at the baseline."""
-    p = plateau(view, t)
-    if p is None:
+def at_baseline(view: RunView, t: BaselineThresholds, slack: float = 1.0) -> tuple[float, float, str, int] | None:
+    """``(level, baseline, how, onset step)`` when the loss has rested at the baseline over two windows.
+
+    The window is ``baseline_window`` steps or 1/8 of the run; the medians of the last
+    two windows must both lie within ``baseline_tolerance`` (or two standard errors of a window
+    median, for a noisy loss) of the baseline. A loss that only passes the baseline on its way down
+    does not stay there for two windows, nor may it still be falling from one window to the next.
+    No verdict when the loss is too noisy to tell (``baseline_max_error``). ``slack`` widens the
+    tolerance (the learning-rate rule, which has a collapse as evidence of its own, uses 2).
+    """
+    c = loss_curve(view, t)
+    if c is None:
+        return None
+    n = len(c.values)
+    w = max(t.baseline_window, n // 8)
+    if n < 2 * w:
         return None
     found = baseline_of(view, t)
     if found is None:
         return None
     base, how = found
-    se = p.noise * math.sqrt(math.pi / max(p.window // 3, 1))
-    if abs(p.level - base) > base * max(t.baseline_tolerance, 2 * se):
+    if base <= t.converged_loss:
         return None
-    return p.level, base, how, p.onset
+    recent, before = float(np.median(c.values[-w:])), float(np.median(c.values[-2 * w : -w]))
+    error = 2 * math.sqrt(math.pi / 2) * c.noise / math.sqrt(w)
+    if error > t.baseline_max_error:
+        return None
+    tol = slack * max(t.baseline_tolerance, error)
+    if abs(recent - base) > tol * base or abs(before - base) > tol * base:
+        return None
+    if before - recent > max(t.baseline_tolerance / 2, math.sqrt(2) * error) * before:
+        return None  # still falling: on its way down, not resting
+    return recent, base, how, int(c.steps[-2 * w])
 
 
 def output_spread_ratio(view: RunView) -> float | None:
@@ -91,11 +115,14 @@ def output_spread_ratio(view: RunView) -> float | None:
         "vanishing_gradients",
         "dead_units",
         "nonfinite_loss",
+        "regularization_too_strong",
+        "lr_too_low",
+        "target_not_normalized",
     ),
     thresholds=BaselineThresholds,
-    summary="the training loss is flat (as for `loss_not_decreasing`) within 5% of the loss of a constant "
-    "prediction (the targets' variance for MSE, the class entropy for cross-entropy, ln C): the model learns "
-    "nothing from its inputs",
+    summary="the medians of the training loss over its last two windows (≥ 25 steps or 1/8 of the run each) lie "
+    "within 5% (or two standard errors) of the loss of a constant prediction (the targets' variance for MSE, the "
+    "class entropy for cross-entropy, ln C): the model learns nothing from its inputs",
 )
 def loss_at_baseline(view: RunView, t: BaselineThresholds) -> list[Diagnosis]:
     """A flat training loss at what a constant prediction would give (needs a baseline: targets or ln C)."""

@@ -72,6 +72,8 @@ class PlateauParams(CurveParams):
 
     flat_rel_drop: float = 0.01  # < 1% relative drop over the window = not decreasing (cloud debugger: 0.1% per
     # check over 10 checks); the window also grows until the noise of the drop estimate is below this
+    flat_significance: float = 4.0  # ... unless the drop, however small, is this many standard errors above zero
+    # and consistent (each third below the one before): a smooth full-batch loss still falling slowly is progress
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,10 @@ def plateau(c: LossCurve, params: PlateauParams) -> Plateau | None:
     if not drop < params.flat_rel_drop:
         return None
     k = window // 3
+    thirds = [float(np.median(win[i * k : (i + 1) * k])) for i in range(3)]
+    se_drop = noise * math.sqrt(3 * math.pi / window)
+    if drop > params.flat_significance * se_drop and thirds[0] > thirds[1] > thirds[2]:
+        return None  # small but certain, steady progress
     level = float(np.median(win[-k:]))
     se = noise * math.sqrt(math.pi / k)
     # Onset: just after the last time the smoothed loss stood clearly above today's level.

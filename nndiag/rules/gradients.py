@@ -146,6 +146,7 @@ def _exploded_into_nonfinite(
     requires=("grad_norm",),
     severity=("warning", "error"),
     rank=200,
+    explained_by=("target_not_normalized",),
     thresholds=ExplodingThresholds,
     summary="error: total gradient norm > 1e6 sustained, or NaN/Inf gradients that came from an explosion (finite "
     "input, norm had passed 1e6 or grown 100x, or Inf gradients with a finite loss). Warning: total norm sustained "

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.curves import relative_drop
@@ -25,7 +26,27 @@ from nndiag.rules.fit import overfitting, underfitting
 from nndiag.rules.initial import initial_loss_off
 from nndiag.rules.loss_view import LossThresholds, divergence, g, loss_curve, oscillation, plateau
 from nndiag.rules.registry import NoThresholds, rule
-from nndiag.rules.view import RunView
+from nndiag.rules.task_view import task_of
+from nndiag.rules.view import RunView, finite
+
+
+@dataclass(frozen=True)
+class PlateauThresholds(LossThresholds):
+    """When a flat training loss is likely the data's floor rather than a stall."""
+
+    flat_floor_frac: float = 0.5  # a flat loss below half the constant-prediction loss: reported as info only
+
+
+def _validation_falling(view: RunView, since: int, drop: float) -> bool:
+    """Whether the validation loss fell by more than ``drop`` (relative) over the validations since ``since``."""
+    val = finite(view.series("val_loss"))
+    val = val[val.index >= since]
+    if len(val) < 3:
+        return False
+    k = max(len(val) // 3, 1)
+    first, last = float(val.iloc[:k].median()), float(val.iloc[-k:].median())
+    return first > 0 and (first - last) / first > drop
+
 
 __all__ = [
     "divergence",
@@ -199,12 +220,14 @@ def loss_oscillating(view: RunView, t: LossThresholds) -> list[Diagnosis]:
         "loss_mismatch",
         "regularization_too_strong",
     ),
-    thresholds=LossThresholds,
+    severity=("info", "warning"),
+    thresholds=PlateauThresholds,
     summary="< 1% drop between the first and last thirds of a window of ≥ 50 steps or 25% of the run (longer "
-    "until the estimate's noise is < 1%); silent when converged (< 1e-3 or < 5% of the start), diverging or "
-    "oscillating",
+    "until the estimate's noise is < 1%), unless a smaller drop is ≥ 4 standard errors and steady; silent when "
+    "converged (< 1e-3 or < 5% of the start), diverging, oscillating, or while the validation loss still falls; "
+    "info when the loss rests below half the constant-prediction loss (likely the data's floor)",
 )
-def loss_not_decreasing(view: RunView, t: LossThresholds) -> list[Diagnosis]:
+def loss_not_decreasing(view: RunView, t: PlateauThresholds) -> list[Diagnosis]:
     """Loss dropped by less than ``flat_rel_drop`` over the last window, and is not near zero.
 
     The window is at least ``flat_window`` steps, ``flat_window_frac`` of the run in long runs, and
@@ -214,13 +237,17 @@ def loss_not_decreasing(view: RunView, t: LossThresholds) -> list[Diagnosis]:
     p = plateau(view, t)
     if p is None or divergence(view, t) is not None or oscillation(view, t) is not None:
         return []
+    if _validation_falling(view, p.onset, t.flat_rel_drop):
+        return []  # a noisy training loss (dropout, small batches) while the model still generalises better
     c = loss_curve(view, t)
     start = c.start if c is not None else p.level
     change = f"fell only {p.drop:.1%}" if p.drop >= 0 else f"rose {-p.drop:.1%}"
+    base = task_of(view).baseline
+    floor = base is not None and p.level < t.flat_floor_frac * base
     return [
         Diagnosis(
             code="loss_not_decreasing",
-            severity="warning",
+            severity="info" if floor else "warning",
             step=p.onset,
             layer=None,
             message=(

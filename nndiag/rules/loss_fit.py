@@ -6,7 +6,7 @@ Example:
     >>> from nndiag.rules.loss_fit import loss_mismatch
     >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0], "layer": [""], "stat": ["loss"], "value": [1.0]})
-    >>> facts = {"task": {"loss": {"kind": "mse", "broadcast_from": [32, 1]},
+    >>> facts = {"task": {"loss": {"kind": "mse", "broadcast_from": [32, 1]}, "broadcast_confirmed": True,
     ...                   "shape_mismatch": {"kind": "broadcast", "output": [32, 1], "target": [32]}}}
     >>> [(d.code, d.severity) for d in loss_mismatch(RunView(h, facts), AdvisorConfig())]
     [('loss_mismatch', 'error')]
@@ -27,7 +27,8 @@ def _broadcast(t: TaskView) -> Finding | None:
     m = t.shape_mismatch
     if t.loss_kind not in (*REGRESSION_LOSSES, *BINARY_LOSSES):
         return None
-    if (m is None or m.get("kind") != "broadcast") and t.broadcast_from is None:
+    # the loss graph must show the broadcast: an [N, 1] output squeezed before the loss is fine
+    if t.broadcast_from is None and not t.broadcast_confirmed:
         return None
     out = list(m["output"]) if m else list(t.broadcast_from or [])
     tgt = list(m["target"]) if m else []
@@ -94,6 +95,27 @@ def _softmax_multilabel(t: TaskView) -> Finding | None:
     )
 
 
+def _class_indices_regressed(t: TaskView) -> Finding | None:
+    """Class labels 0..K-1 (few, consecutive, from 0) regressed with one output: classes treated as a scale."""
+    distinct, lo, hi = t.target.get("distinct"), t.target.get("min"), t.target.get("max")
+    if t.loss_kind not in REGRESSION_LOSSES or t.looks_like not in ("integer_levels", "class_indices"):
+        return None
+    if t.output_width not in (None, 1) or not isinstance(distinct, int) or not 3 <= distinct <= 10:
+        return None
+    if lo != 0 or hi != distinct - 1:
+        return None  # scores such as ratings 1-5 or grades 3-9 are ordinal on purpose
+    return (
+        "warning",
+        f"The targets are the whole numbers 0..{distinct - 1} and the loss is a regression loss on one output: if "
+        "they are class labels, the model is told that class 2 lies between classes 1 and 3.",
+        [
+            f"For class labels use CrossEntropyLoss with {distinct} outputs (logits) and integer targets.",
+            "If the numbers are an ordered score, this is fine (standardise them for the regression).",
+        ],
+        {"distinct_values": float(distinct)},
+    )
+
+
 def _nll_without_log(t: TaskView) -> Finding | None:
     if t.note != "nll_without_log":
         return None
@@ -121,7 +143,15 @@ def _sum_reduction(t: TaskView) -> Finding | None:
     )
 
 
-CHECKS = (_broadcast, _binary_range, _soft_cross_entropy, _nll_without_log, _softmax_multilabel, _sum_reduction)
+CHECKS = (
+    _broadcast,
+    _binary_range,
+    _soft_cross_entropy,
+    _nll_without_log,
+    _softmax_multilabel,
+    _class_indices_regressed,
+    _sum_reduction,
+)
 
 
 @rule(
@@ -131,7 +161,8 @@ CHECKS = (_broadcast, _binary_range, _soft_cross_entropy, _nll_without_log, _sof
     thresholds=NoThresholds,
     summary="the loss does not fit the task: output and target shapes that broadcast (`[N, 1]` against `[N]`), "
     "binary cross-entropy with targets outside [0, 1], cross-entropy on continuous targets, NLLLoss on "
-    "probabilities, MSE on a softmax for multi-label targets (warning); a sum reduction (info)",
+    "probabilities; MSE on a softmax for multi-label targets, or on class labels 0..K-1 (3-10 values) with one "
+    "output (warning); a sum reduction (info)",
 )
 def loss_mismatch(view: RunView, th: NoThresholds) -> list[Diagnosis]:
     """The first loss/task misfit found (most severe check first); needs the recorded task facts."""

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,18 +31,18 @@ import pandas as pd
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.baseline import BaselineThresholds, at_baseline, output_spread_ratio
-from nndiag.rules.curves import relative_drop
-from nndiag.rules.loss_view import LossThresholds, divergence, loss_curve, oscillation
+from nndiag.rules.loss_view import divergence, oscillation
+from nndiag.rules.lr_low import lr_too_low  # noqa: F401  (re-exported: the learning-rate rules, both ways)
+from nndiag.rules.ratios import (
+    UpdateRatioThresholds,
+    current_lr,
+    last_streak_start,
+    lr_text,
+    ratio_checks,
+    streak_from,
+)
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
-
-
-@dataclass(frozen=True)
-class UpdateRatioThresholds(LossThresholds):
-    """The update/weight ratios the learning-rate rules compare against (the loss analysis included)."""
-
-    update_ratio_healthy: float = 1e-3  # the lecture's healthy update/weight ratio
-    update_ratio_checks: int = 3  # ... median over weight matrices, sustained over this many logging steps
 
 
 @dataclass(frozen=True)
@@ -55,75 +54,6 @@ class LrHighThresholds(UpdateRatioThresholds, BaselineThresholds):
     lr_collapse_std_frac: float = 1e-4  # ... or a layer whose output std fell below this fraction of its step-0 std
 
 
-@dataclass(frozen=True)
-class LrLowThresholds(UpdateRatioThresholds):
-    """When updates count as far too small."""
-
-    update_ratio_low: float = 1e-5  # even the largest ratio over the weight matrices below this = far too small
-    # (research checker: log10 < -4 is 1e-4; another: lr * ratio < 1e-5)
-    lr_low_loss_drop: float = 0.05  # too low: the loss also moved by less than 5% (research: < 5% drop per check)
-    lr_low_grad_ratio: float = 1e-4  # ... while the gradients are not vanishing: median ||g||/||w|| above this
-    # (below it, the tiny updates come from the gradients, not the learning rate: see vanishing_gradients)
-    lr_decay_factor: float = 10.0  # a scheduler that lowered the lr >= 10x from its peak makes tiny updates by design
-    lr_warmup_rise: float = 1.1  # ... as does a warmup still raising it (by > 10% over the flat window)
-    lr_creep_ratio: float = 1e-4  # also too low: the median weight-matrix ratio at most this (10x under the lecture's
-    # 1e-3; Adam at lr 1e-5 on O(0.1) weights gives ~1e-4) ...
-    lr_creep_drop: float = 0.25  # ... while the loss creeps: it fell 5-25% over the last window and stays above ...
-    lr_creep_level: float = 0.5  # ... half of its start level
-
-
-def weight_matrices(view: RunView, names: list[str]) -> list[str]:
-    """The trainable weight tensors (2 or more dimensions) among ``names``.
-
-    Without parameter facts, names ending in ``weight`` are taken.
-    """
-    out = []
-    for name in names:
-        info = view.param(name)
-        if info:
-            shape = info.get("shape") or []
-            if len(shape) < 2 or info.get("trainable") is False or info.get("in_optimizer") is False:
-                continue
-        elif not name.endswith("weight"):
-            continue
-        out.append(name)
-    return out
-
-
-def ratio_checks(view: RunView, how: str = "median") -> pd.Series:
-    """Update/weight ratio over the weight matrices at each logging step: their median (or ``"max"``).
-
-    Only finite ratios count (a zero weight tensor has none); steps with none are dropped.
-    """
-    m = view.matrix("update_ratio")
-    if m.empty:
-        return pd.Series(dtype=float)
-    cols = weight_matrices(view, [str(c) for c in m.columns])
-    if not cols:
-        return pd.Series(dtype=float)
-    sub = m[cols].where(np.isfinite(m[cols]))
-    agg = sub.max(axis=1, skipna=True) if how == "max" else sub.median(axis=1, skipna=True)
-    return agg.dropna()
-
-
-def _streak_from(mask: pd.Series) -> int | None:
-    """Index label where the final run of ``True`` begins, or ``None`` if the last entry is ``False``."""
-    if mask.empty or not bool(mask.iloc[-1]):
-        return None
-    values = mask.to_numpy(dtype=bool)
-    false = np.flatnonzero(~values)
-    return int(mask.index[false[-1] + 1 if len(false) else 0])
-
-
-def _last_streak_start(mask: pd.Series) -> int | None:
-    """Index label where the last run of ``True`` begins (trailing ``False`` ignored), or ``None``."""
-    values = mask.to_numpy(dtype=bool)
-    true = np.flatnonzero(values)
-    if not len(true):
-        return None
-    return _streak_from(mask.iloc[: int(true[-1]) + 1])
-
-
 def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None:
     """(layer, onset, what) of a layer that now passes only a constant but did not at step 0."""
     dead = view.matrix("dead_frac")
@@ -131,7 +61,7 @@ def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None
         col = dead[layer].dropna()
         if len(col) < 2 or col.iloc[0] >= t.lr_collapse_dead_frac:
             continue
-        start = _streak_from(col >= t.lr_collapse_dead_frac)
+        start = streak_from(col >= t.lr_collapse_dead_frac)
         if start is not None:
             return str(layer), start, f"{col.iloc[-1]:.0%} of the units of {layer} died"
     std = view.matrix("act_std")
@@ -141,7 +71,7 @@ def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None
         col = std[layer].dropna()
         if len(col) < 2 or not col.iloc[0] > 0:
             continue
-        start = _streak_from(col <= t.lr_collapse_std_frac * col.iloc[0])
+        start = streak_from(col <= t.lr_collapse_std_frac * col.iloc[0])
         if start is not None:
             return str(layer), start, f"the output of {layer} became constant"
     return None
@@ -167,27 +97,12 @@ def _first_nonfinite_loss(view: RunView) -> int | None:
     return int(bad[0]) if len(bad) else None
 
 
-def _current_lr(view: RunView) -> float | None:
-    """The largest learning rate over the optimizer groups at the last logging step."""
-    m = view.matrix("lr")
-    if m.empty:
-        return None
-    last = m.iloc[-1].dropna()
-    return float(last.max()) if len(last) else None
-
-
-def _lr_text(lr: float | None, factor_lo: float, factor_hi: float, up: bool) -> str:
-    if lr is None or not lr > 0:
-        return ""
-    a, b = (lr * factor_lo, lr * factor_hi) if up else (lr / factor_hi, lr / factor_lo)
-    return f" (from {lr:.2g} to {a:.2g}-{b:.2g})"
-
-
 @rule(
     "lr_too_high",
     requires=("loss", "update_ratio"),
     severity="error",
     rank=150,
+    explained_by=("regularization_too_strong",),
     thresholds=LrHighThresholds,
     broken=True,
     summary="median update/weight ratio over the weight matrices ≥ `update_ratio_high` (0.1) at 3 logging steps, "
@@ -228,7 +143,7 @@ def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
         _, step, what = col
         text = f"{what} at step {step}, so the network predicts a constant"
         events.append((text, {}, [ratios[ratios.index <= step]]))
-    base = at_baseline(view, t) if _collapsed_in_training(view, t) else None
+    base = at_baseline(view, t, slack=2.0) if _collapsed_in_training(view, t) else None
     if base is not None:
         level, baseline, how, _ = base
         text = (
@@ -244,12 +159,12 @@ def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
         recent = float(window.median())
         if not recent >= t.update_ratio_high:
             continue
-        onset = _last_streak_start(ratios[ratios.index <= window.index[-1]] >= t.update_ratio_high)
+        onset = last_streak_start(ratios[ratios.index <= window.index[-1]] >= t.update_ratio_high)
         onset = int(window.index[0]) if onset is None else onset
         now = window.index[-1] == ratios.index[-1]
         when = "is" if now else "was"
         at = "" if now else f" at steps {window.index[0]}-{window.index[-1]}"
-        lr = _current_lr(view)
+        lr = current_lr(view)
         evidence = {"update_ratio": recent, "healthy_ratio": t.update_ratio_healthy, **extra}
         if lr is not None:
             evidence["lr"] = lr
@@ -266,7 +181,7 @@ def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
                 ),
                 evidence=evidence,
                 suggestions=[
-                    f"Lower the learning rate 3-10x{_lr_text(lr, 3, 10, up=False)}.",
+                    f"Lower the learning rate 3-10x{lr_text(lr, 3, 10, up=False)}.",
                     "Add a learning-rate warmup (e.g. linear over the first 5% of steps).",
                     "Clip gradients (clip_grad_norm_ with max_norm=1.0, or gradient_clip_val=1.0 in Lightning).",
                     "Add normalisation layers (BatchNorm/LayerNorm): they tolerate higher learning rates.",
@@ -274,118 +189,3 @@ def lr_too_high(view: RunView, t: LrHighThresholds) -> list[Diagnosis]:
             )
         ]
     return []
-
-
-@rule(
-    "lr_too_low",
-    requires=("loss", "update_ratio"),
-    rank=160,
-    explained_by=("vanishing_gradients", "activation_collapse"),
-    thresholds=LrLowThresholds,
-    summary="even the largest weight-matrix ratio ≤ `update_ratio_low` (1e-5) at 3 logging steps and the loss "
-    "moved < 5% over the last 50 steps (or 25% of the run), or the median ratio ≤ 1e-4 while the loss creeps "
-    "(fell 5-25%, still above half its start); silent when converged, when gradients vanish (median ‖g‖/‖w‖ < "
-    "1e-4), after a scheduler cut the lr ≥ 10x, or during warmup",
-)
-def lr_too_low(view: RunView, t: LrLowThresholds) -> list[Diagnosis]:
-    """Update/weight ratio <= ``update_ratio_low`` in every weight matrix, and a loss that barely moves.
-
-    The largest ratio over the weight matrices is used: when only some layers update slowly the
-    cause is the gradient flow (vanishing gradients, saturation), not the step size. Sustained
-    over ``update_ratio_checks`` logging steps; the loss changed by less than
-    ``lr_low_loss_drop`` over the last ``flat_window`` steps and has not converged. Not reported
-    when the gradients themselves vanish (||g||/||w|| below ``lr_low_grad_ratio``: a gradient
-    problem), nor while a scheduler has decayed the rate ``lr_decay_factor``-fold from its peak or a
-    warmup is still raising it (small updates by design).
-    """
-    ratios = ratio_checks(view, "max")
-    k = t.update_ratio_checks
-    curve = loss_curve(view, t)
-    if len(ratios) < k or curve is None or len(curve.values) < t.flat_window:
-        return []
-    recent = float(ratios.iloc[-k:].median())
-    win = curve.values[-max(t.flat_window, int(t.flat_window_frac * len(curve.values))) :]
-    level = float(np.median(win))
-    if level <= curve.converged:
-        return []
-    drop = relative_drop(win)
-    # (a) even the largest ratio is tiny and the loss barely moves, or (b) the median ratio is 10x under
-    # healthy while the loss creeps down from a high level (Adam at 1e-5)
-    medians = ratio_checks(view)
-    creep = float(medians.iloc[-k:].median()) if len(medians) >= k else math.nan
-    flat = recent <= t.update_ratio_low and abs(drop) < t.lr_low_loss_drop
-    creeping = (
-        creep <= t.lr_creep_ratio
-        and t.lr_low_loss_drop <= drop < t.lr_creep_drop
-        and level >= t.lr_creep_level * curve.start
-    )
-    if not (flat or creeping):
-        return []
-    if creeping and not flat:
-        recent = creep
-    grad = _grad_weight_ratio(view, [int(s) for s in ratios.index[-k:]])
-    if grad is not None and grad < t.lr_low_grad_ratio:
-        return []
-    lr = _current_lr(view)
-    if _lr_scheduled(view, t):
-        return []
-    onset = _streak_from(ratios <= t.update_ratio_low) if flat else _streak_from(medians <= t.lr_creep_ratio)
-    onset = int(ratios.index[-k]) if onset is None else onset
-    evidence = {"update_ratio": recent, "healthy_ratio": t.update_ratio_healthy, "loss_change": -drop}
-    if grad is not None:
-        evidence["grad_weight_ratio"] = grad
-    if lr is not None:
-        evidence["lr"] = lr
-    change = f"only {abs(drop):.1%}" if abs(drop) >= 0.001 else "under 0.1%"
-    return [
-        Diagnosis(
-            code="lr_too_low",
-            severity="warning",
-            step=onset,
-            layer=None,
-            message=(
-                f"Learning rate too low: the weights move by {'at most' if flat else 'a median'} {recent:.2g} of "
-                "their norm per step "
-                f"(healthy: ~{t.update_ratio_healthy:.0e}) and the loss changed by {change} over "
-                f"the last {len(win)} steps."
-            ),
-            evidence=evidence,
-            suggestions=[
-                f"Raise the learning rate 3-10x{_lr_text(lr, 3, 10, up=True)} and watch the ratio approach ~1e-3.",
-                "Run a learning-rate range test (sweep it in log space, e.g. 1e-5 to 1, over a few hundred steps).",
-                "With SGD, add momentum (0.9) or switch to Adam (lr ~1e-3).",
-            ],
-        )
-    ]
-
-
-def _grad_weight_ratio(view: RunView, steps: list[int]) -> float | None:
-    """Median ||g|| / ||w|| over the weight matrices at ``steps``, or ``None`` if not recorded."""
-    g, w = view.matrix("grad_norm"), view.matrix("weight_norm")
-    if g.empty or w.empty:
-        return None
-    cols = [c for c in weight_matrices(view, [str(c) for c in g.columns]) if c in w.columns]
-    rows = [s for s in steps if s in g.index and s in w.index]
-    if not cols or not rows:
-        return None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = (g.loc[rows, cols] / w.loc[rows, cols]).to_numpy(dtype=float)
-    r = r[np.isfinite(r)]
-    return float(np.median(r)) if r.size else None
-
-
-def _lr_scheduled(view: RunView, t: LrLowThresholds) -> bool:
-    """Whether a scheduler has decayed the rate far below its peak, or a warmup is still raising it."""
-    m = view.matrix("lr")
-    if m.empty:
-        return False
-    top = m.max(axis=1, skipna=True).dropna()
-    top = top[top > 0]
-    if top.empty:
-        return False
-    now = float(top.iloc[-1])
-    if now * t.lr_decay_factor <= float(top.max()):
-        return True
-    earlier = top[top.index <= view.last_step - t.flat_window]
-    before = float(earlier.iloc[-1]) if len(earlier) else float(top.iloc[0])
-    return now > t.lr_warmup_rise * before and not math.isclose(now, before)

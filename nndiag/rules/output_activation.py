@@ -65,9 +65,7 @@ def _out_of_range(t: TaskView, act: str, th: OutputRangeThresholds) -> str | Non
 def output_activation_mismatch(view: RunView, th: OutputRangeThresholds) -> list[Diagnosis]:
     """The output activation does not fit the targets or the loss (needs the recorded task facts)."""
     t = task_of(view)
-    act = t.final_activation
-    if act is None or act == "none":
-        return []
+    act = t.final_activation or "none"
     where = t.final_layer
     found: tuple[Severity, str, list[str], dict[str, float]] | None = None
     if act == "softmax" and t.output_width == 1:

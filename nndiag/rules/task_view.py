@@ -52,10 +52,12 @@ class TaskView:
     loss_activation: str | None = None  # the activation that produced the loss input, from the graph
     note: str | None = None
     broadcast_from: tuple[int, ...] | None = None
+    extra_terms: bool = False  # the loss node sits under a sum with other terms (a penalty, an auxiliary loss)
     target: dict[str, Any] = field(default_factory=dict)
     output_shape: tuple[int, ...] | None = None
     baseline: float | None = None
     shape_mismatch: dict[str, Any] | None = None
+    broadcast_confirmed: bool = False  # the loss graph shows it averaged more elements than the model predicted
     final_activation: str | None = None  # the output's activation: the graph's, else the last module's
     final_layer: str | None = None  # the last recorded module when it is that activation
 
@@ -100,13 +102,23 @@ def task_of(view: RunView) -> TaskView:
         loss_activation=graph_act,
         note=loss.get("note"),
         broadcast_from=tuple(loss["broadcast_from"]) if loss.get("broadcast_from") else None,
+        extra_terms=bool(loss.get("extra_terms")),
         target=target,
         output_shape=tuple(int(s) for s in shape) if isinstance(shape, list) and shape else None,
         baseline=float(baseline) if isinstance(baseline, (int, float)) and math.isfinite(baseline) else None,
         shape_mismatch=task.get("shape_mismatch"),
+        broadcast_confirmed=bool(task.get("broadcast_confirmed")) or _reduced_broadcast(loss, shape),
         final_activation=final,
         final_layer=final_layer if final == module_act else None,
     )
+
+
+def _reduced_broadcast(loss: dict[str, Any], output_shape: Any) -> bool:
+    """A hand-written MSE/L1 whose reduction averaged more elements than the model predicted (a broadcast)."""
+    reduced = loss.get("reduced_shape")
+    if loss.get("kind") not in ("mse", "l1") or not isinstance(reduced, list) or not isinstance(output_shape, list):
+        return False
+    return bool(output_shape) and math.prod(int(s) for s in reduced) > math.prod(int(s) for s in output_shape)
 
 
 def _last_activation(view: RunView) -> tuple[str | None, str | None]:

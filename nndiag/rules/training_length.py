@@ -31,8 +31,9 @@ class UndertrainedThresholds(LossThresholds):
     """When the loss at the end of a run counts as still falling fast."""
 
     undertrained_drop: float = 0.1  # the loss fell >= 10% over the last stretch of the run (first vs last third) ...
-    undertrained_frac: float = 0.2  # ... the last 20% of the run (at least flat_window steps), by >= 3 standard
+    undertrained_frac: float = 0.2  # ... the last 20% of the run (at least undertrained_min_steps), by >= 3 standard
     # errors of that drop
+    undertrained_min_steps: int = 20  # the shortest stretch judged (a run needs twice as many steps)
 
 
 @rule(
@@ -41,7 +42,7 @@ class UndertrainedThresholds(LossThresholds):
     severity="info",
     rank=366,
     thresholds=UndertrainedThresholds,
-    summary="at the end of the run the training loss still fell ≥ 10% over its last 20% (≥ 50 steps), well above "
+    summary="at the end of the run the training loss still fell ≥ 10% over its last 20% (≥ 20 steps), well above "
     "its noise: training stopped too early",
 )
 def undertrained(view: RunView, t: UndertrainedThresholds) -> list[Diagnosis]:
@@ -52,7 +53,7 @@ def undertrained(view: RunView, t: UndertrainedThresholds) -> list[Diagnosis]:
     if c is None:
         return []
     n = len(c.values)
-    window = max(t.flat_window, int(t.undertrained_frac * n))
+    window = max(t.undertrained_min_steps, int(t.undertrained_frac * n))
     if n < 2 * window:
         return []
     tail = c.values[-window:]

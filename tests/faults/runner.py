@@ -86,7 +86,7 @@ class Outcome:
 
     @property
     def detected_in_time(self) -> bool:
-        return self.delay is not None and self.delay <= MAX_DELAY
+        return self.delay is not None and self.delay <= self.scenario.max_delay
 
     @property
     def cause_right(self) -> bool:

@@ -69,6 +69,7 @@ class Scenario:
     healthy: bool
     description: str
     exhibits: Evidence
+    max_delay: int = 50  # optimizer steps from onset to detection (the product target; see faults.runner)
 
     def check_exhibits(self, result: RunResult) -> tuple[bool, str]:
         """Whether the run really shows the fault (or, healthy, really trains), from the raw statistics."""
@@ -93,7 +94,7 @@ class Scenario:
 SCENARIOS: list[Scenario] = []
 
 # Codes reported at info severity: a detection at info counts for them.
-INFO_CODES = frozenset({"sigmoid_hidden_layer", "underfitting"})
+INFO_CODES = frozenset({"sigmoid_hidden_layer", "underfitting", "undertrained"})
 
 
 def scenario(
@@ -330,7 +331,7 @@ def train(
             if clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
-            mon.step(loss.detach())
+            mon.step(loss, target=y)  # as the README shows: the loss tensor (its graph) and the targets
             if val is not None and (step + 1) % val_every == 0:
                 model.eval()
                 with torch.no_grad():

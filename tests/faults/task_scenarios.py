@@ -71,6 +71,7 @@ def task_scenario(
     optimizer: str = "Adam",
     holdout: bool = False,
     exhibits: Evidence | None = None,
+    max_delay: int = 50,
 ) -> Callable[[Callable[[int], RunResult]], Callable[[int], RunResult]]:
     """Register ``fn`` in :data:`TASK_SCENARIOS` (as :func:`faults.scenarios.scenario` does)."""
 
@@ -88,6 +89,7 @@ def task_scenario(
                 healthy=not expected,
                 description=doc[0] if doc else "",
                 exhibits=exhibits or trains(),
+                max_delay=max_delay,
             )
         )
         return fn
@@ -679,9 +681,11 @@ def cnn_l1_targets_in_thousands(seed: int) -> RunResult:
 # ---------------------------------------------------------------------------------------------
 
 
+# the loss must first settle at the baseline, then stay there for two 25-step windows
 @task_scenario(
     expected=("loss_at_baseline",),
     exhibits=all_of(at_baseline(0.9)),
+    max_delay=100,
 )
 def labels_shuffled_separately(seed: int) -> RunResult:
     """Breast cancer with the features shuffled but not the labels (``x = x[perm]``): nothing to learn."""
@@ -698,6 +702,7 @@ def labels_shuffled_separately(seed: int) -> RunResult:
     family="cnn",
     holdout=True,
     exhibits=all_of(at_baseline(0.9)),
+    max_delay=100,
 )
 def digits_labels_off_by_shuffle_cnn(seed: int) -> RunResult:
     """Digits CNN whose labels were shuffled on their own (a separate ``random.shuffle(labels)``)."""
@@ -773,10 +778,12 @@ def explicit_l2_penalty_too_strong(seed: int) -> RunResult:
 # ---------------------------------------------------------------------------------------------
 
 
+# "stopped too early" is a verdict on the finished run: it is due at the final check
 @task_scenario(
     expected=("undertrained",),
     optimizer="SGD",
     exhibits=all_of(still_falling(0.15, 40)),
+    max_delay=120,
 )
 def digits_stopped_while_falling(seed: int) -> RunResult:
     """Digits MLP, SGD lr 0.02 (healthy update ratios), stopped after 120 steps with the loss still falling fast."""
@@ -791,6 +798,7 @@ def digits_stopped_while_falling(seed: int) -> RunResult:
     family="rnn",
     holdout=True,
     exhibits=all_of(still_falling(0.15, 40)),
+    max_delay=50,
 )
 def tiny_lm_stopped_early(seed: int) -> RunResult:
     """A GRU language model on Markov text, Adam 3e-3, stopped after 50 steps while the loss still drops fast."""
