@@ -34,6 +34,7 @@ from nndiag.rules.layers import (
     has_weight_layer_after,
     input_unscaled,
     is_norm,
+    loss_falling,
     sustained_since,
 )
 from nndiag.rules.nonfinite import nonfinite_activations, nonfinite_input
@@ -79,9 +80,11 @@ _SATURATED_AT = {
 @rule(
     "saturated_activations",
     requires=("sat_frac",),
+    severity=("info", "warning"),
     rank=230,
     thresholds=SaturationThresholds,
-    summary="`sat_frac` > 0.5 sustained in a hidden tanh/sigmoid/hardtanh layer (not the output layer)",
+    summary="`sat_frac` > 0.5 sustained in a hidden tanh/sigmoid/hardtanh layer (not the output layer); info "
+    "while the loss still falls ≥ 10% over its last 50 steps (or quarter of the run)",
 )
 def saturated_activations(view: RunView, t: SaturationThresholds) -> list[Diagnosis]:
     """Hidden tanh/sigmoid/hardtanh layers with most outputs in the flat region (``sat_frac``).
@@ -119,10 +122,12 @@ def saturated_activations(view: RunView, t: SaturationThresholds) -> list[Diagno
         suggestions[0], suggestions[1] = suggestions[1], suggestions[0]
     if input_unscaled(view, t):
         suggestions.insert(0, suggestions.pop(2))
+    # while the loss still falls well the saturation is not (yet) what stops training: advice only
+    progressing = loss_falling(view)
     return [
         Diagnosis(
             code="saturated_activations",
-            severity="warning",
+            severity="info" if progressing else "warning",
             step=start,
             layer=layer,
             message=f"{frac:.0%} of the outputs of {describe(view, layer)} are saturated ({where}){more}.",

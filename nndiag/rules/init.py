@@ -21,7 +21,7 @@ from typing import Any
 
 from nndiag.diagnosis import Diagnosis
 from nndiag.facts import InitFacts
-from nndiag.rules.layers import describe, first_step, is_norm
+from nndiag.rules.layers import describe, first_step, harmed, is_norm, loss_falling
 from nndiag.rules.registry import NoThresholds, rule
 from nndiag.rules.view import RunView
 
@@ -65,13 +65,22 @@ def _neighbours_normalised(view: RunView, layer: str) -> bool:
     return False
 
 
+def _collapsed_signal(view: RunView, floor: float = 0.05) -> bool:
+    """Whether some activation layer's output std has fallen below ``floor`` (a collapse with depth)."""
+    m = view.matrix("act_std")
+    acts = [c for c in m.columns if view.layer(str(c)).kind == "activation"] if not m.empty else []
+    return bool(acts) and float(m[acts].iloc[-1].min(skipna=True)) < floor
+
+
 @rule(
     "poor_init_scale",
+    severity=("info", "warning"),
     rank=130,
     thresholds=InitScaleThresholds,
     summary="initial weight std > 3x off He (√(2/fan_in), ReLU family) or Xavier (1/√fan_in, tanh/sigmoid/linear) "
     "in ≥ 2 layers that feed such an activation with no norm layer around, still off at the end; too-small inits "
-    "not judged in models with attention/embeddings (std-0.02 conventions)",
+    "not judged in models with attention/embeddings (std-0.02 conventions); a warning only with signs of harm "
+    "(dead or saturated units, an activation std < 0.05, a loss not falling 5%), else info",
 )
 def poor_init_scale(view: RunView, t: InitScaleThresholds) -> list[Diagnosis]:
     """Initial weight scale far (``init_scale_factor``) from the Xavier/He prescription.
@@ -117,6 +126,9 @@ def poor_init_scale(view: RunView, t: InitScaleThresholds) -> list[Diagnosis]:
     if len(hits) < t.init_min_layers:
         return []
     layer, scale, expected, rule_name, act = hits[0]
+    # a shallow net trained with Adam often copes: warn only with evidence of harm (dead or saturated
+    # units, a collapsed or flat signal), else it is advice
+    harm = harmed(view) or _collapsed_signal(view) or not loss_falling(view, drop=0.05)
     fan_in = int(view.layer(layer)["fan_in"])
     direction = "smaller" if scale < expected else "larger"
     off = expected / scale if scale < expected else scale / expected
@@ -130,7 +142,7 @@ def poor_init_scale(view: RunView, t: InitScaleThresholds) -> list[Diagnosis]:
     return [
         Diagnosis(
             code="poor_init_scale",
-            severity="warning",
+            severity="warning" if harm else "info",
             step=first_step(view),
             layer=f"{layer}.weight",
             message=(

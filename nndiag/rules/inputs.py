@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from nndiag.diagnosis import Diagnosis
-from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, sustained_since
+from nndiag.diagnosis import Diagnosis, Severity
+from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, harmed, sustained_since
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
 
@@ -26,13 +26,18 @@ from nndiag.rules.view import RunView
 class InputThresholds(SustainedThresholds, InputScaleThresholds):
     """When the model input counts as unnormalised (sustained)."""
 
+    input_large: float = 10.0  # a warning when |mean| exceeds input_mean_abs by this factor (or std is off), or
+    # when dead/saturated units come with it; O(1) offsets alone (count features) are info
+
 
 @rule(
     "input_not_normalized",
     requires=("act_mean", "act_std"),
+    severity=("info", "warning"),
     rank=110,
     thresholds=InputThresholds,
-    summary="input \\|mean\\| > 1, std > 10 or std < 0.01, sustained (recognises raw 0-255 pixels)",
+    summary="input \\|mean\\| > 1, std > 10 or std < 0.01, sustained (recognises raw 0-255 pixels); a warning "
+    "when \\|mean\\| > 10, the std is off, or dead/saturated units come with it, else info",
 )
 def input_not_normalized(view: RunView, t: InputThresholds) -> list[Diagnosis]:
     """The model input (layer ``input``) far from zero mean / unit scale at ``sustained_checks`` logging steps.
@@ -45,7 +50,10 @@ def input_not_normalized(view: RunView, t: InputThresholds) -> list[Diagnosis]:
     if mean.empty or std.empty:
         return []
     mean, std = mean.align(std, join="inner")
-    bad = (mean.abs() > t.input_mean_abs) | (std > t.input_std_max) | (std < t.input_std_min)
+    tiny = std < t.input_std_min
+    if view.facts.batch_size is not None and view.facts.batch_size <= 1:
+        tiny = tiny & False  # one sample: the spread over its elements says nothing about the features' scale
+    bad = (mean.abs() > t.input_mean_abs) | (std > t.input_std_max) | tiny
     start = sustained_since(bad, t.sustained_checks)
     if start is None:
         return []
@@ -70,10 +78,13 @@ def input_not_normalized(view: RunView, t: InputThresholds) -> list[Diagnosis]:
             "Scale images to [0, 1] (divide by 255, e.g. transforms.ToTensor()) and normalise per channel "
             "(transforms.Normalize(mean, std)).",
         )
+    # O(1) features (counts, ratings) off zero mean train fine unless the network shows harm
+    large = abs(mu) > t.input_large * t.input_mean_abs or sd > t.input_std_max or sd < t.input_std_min
+    severity: Severity = "warning" if large or harmed(view) else "info"
     return [
         Diagnosis(
             code="input_not_normalized",
-            severity="warning",
+            severity=severity,
             step=start,
             layer="input",
             message=f"The model input has mean {mu:.3g} and std {sd:.3g}: it {what}.",

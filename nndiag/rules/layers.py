@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from nndiag.rules.view import RunView
@@ -49,6 +51,39 @@ class InputScaleThresholds:
     input_mean_abs: float = 1.0  # |input mean| above this (cloud debugger uses 0.2 for images)
     input_std_max: float = 10.0  # input std above this, or ...
     input_std_min: float = 0.01  # ... below this
+
+
+def loss_falling(view: RunView, drop: float = 0.1, window: int = 50) -> bool:
+    """Whether the training loss fell by at least ``drop`` (relative, median of first vs last third) lately.
+
+    Over the last ``window`` steps or the last quarter of the run, whichever is longer; a layer
+    symptom that comes with a loss still falling well is advice, not a warning.
+
+    Example:
+        >>> import pandas as pd
+        >>> h = pd.DataFrame([(s, "", "loss", 2.0 * 0.98**s) for s in range(100)],
+        ...                  columns=["step", "layer", "stat", "value"])
+        >>> loss_falling(RunView(h))
+        True
+    """
+    loss = view.series("loss").dropna()
+    loss = loss[loss.map(math.isfinite)]
+    n = max(window, len(loss) // 4)
+    if len(loss) < n:
+        return False
+    values = loss.to_numpy(dtype=float)[-n:]
+    k = max(n // 3, 1)
+    first, last = float(np.median(values[:k])), float(np.median(values[-k:]))
+    return first > 0 and (first - last) / first >= drop
+
+
+def harmed(view: RunView, dead: float = 0.5, saturated: float = 0.5) -> bool:
+    """Signs of harm at the latest logging step: a ReLU layer mostly dead, or a layer mostly saturated."""
+    for stat, limit in (("dead_frac", dead), ("sat_frac", saturated)):
+        m = view.matrix(stat)
+        if not m.empty and float(m.iloc[-1].max(skipna=True) if m.iloc[-1].notna().any() else 0.0) > limit:
+            return True
+    return False
 
 
 def sustained_since(mask: pd.Series, checks: int) -> int | None:

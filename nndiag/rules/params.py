@@ -38,6 +38,7 @@ class FrozenThresholds:
     frozen_checks_after_change: int = 10  # ... a parameter that moved earlier must stay identical this many checks
     # (alternating optimizers, e.g. a GAN generator stepped every 5th batch, leave short runs of zero updates)
     dead_full_frac: float = 0.99  # a ReLU layer this dead passes no gradient (explains weights that never update)
+    frozen_converged_loss: float = 1e-6  # a loss at or below this has converged: unchanged weights are expected
 
 
 _CAUSES: dict[str, tuple[Severity, str, list[str]]] = {
@@ -186,6 +187,9 @@ def weights_not_updating(view: RunView, t: FrozenThresholds) -> list[Diagnosis]:
     parameters (``requires_grad=False``) are not trainable and never reported.
     """
     params = view.facts.params
+    loss = view.series("loss").dropna()
+    if len(loss) and 0 <= float(loss.iloc[-1]) <= t.frozen_converged_loss:
+        return []  # converged (e.g. a clamped BCE at ~1e-7): updates of zero are the fixed point, not a fault
     names = [n for n, p in params.items() if p.get("trainable", True)]
     if not names or not (view.has("update_ratio") or view.has("weight_norm")):
         return []
