@@ -30,8 +30,11 @@ from nndiag.rules.view import RunView
 
 # Rules that can judge a model before training, by their registered name (a rule may emit related codes).
 PREFLIGHT_RULES = (
-    "nonfinite_activations",  # also emits nonfinite_input
+    "nonfinite_activations",
     "nonfinite_loss",
+    "output_activation_mismatch",  # the task checks that need no training: the output, the loss, the targets
+    "loss_mismatch",
+    "target_not_normalized",
     "input_not_normalized",
     "symmetric_init",
     "poor_init_scale",

@@ -76,7 +76,8 @@ def forward_pass(model: nn.Module, x: Any, y: Any = None, loss_fn: LossFn | None
         recorder.attach()
         model.train()
         recorder.begin_batch()
-        with torch.no_grad():
+        # with autograd on (no backward ever runs): the loss's graph tells its kind (nothing is kept)
+        with torch.enable_grad():
             try:
                 output = model(x)
             except Exception as exc:
@@ -93,7 +94,7 @@ def forward_pass(model: nn.Module, x: Any, y: Any = None, loss_fn: LossFn | None
                         f"loss_fn(output, target) failed ({type(exc).__name__}: {exc}); check that the batch's "
                         "target (its second item) matches the model output and the loss function."
                     ) from exc
-        recorder.end_batch(loss)
+        recorder.end_batch(loss, target=y if isinstance(y, torch.Tensor) else None)
     finally:
         recorder.close()
         for module, training in modes:

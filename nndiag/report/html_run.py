@@ -100,6 +100,13 @@ def header_html(report: RunReport) -> str:
         facts.append(f"loss {num(o['loss_first'])} → {num(o['loss_last'])} (min {num(o['loss_min'])})")
     if o["val_loss_last"] is not None:
         facts.append(f"validation loss {num(o['val_loss_last'])} (min {num(o['val_loss_min'])})")
+    task = o.get("task")
+    if task:
+        facts.append(f"loss {esc(task['loss'])}, output activation {esc(task['output_activation'] or 'unknown')}")
+        if task["targets"]:
+            facts.append(f"targets: {esc(task['targets'])}")
+        if task["baseline_loss"] is not None:
+            facts.append(f"a constant prediction scores {num(task['baseline_loss'])}")
     origin = [str(x) for x in (m.get("framework"), report.facts.model_class, m.get("created")) if x]
     return (
         f"<h1>nndiag report: {esc(report.name)}</h1>"

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from nndiag.report.compare import Comparison, key_text
@@ -52,6 +54,7 @@ def run_markdown(report: RunReport) -> str:
         f"loss {num(o['loss_first'])} → {num(o['loss_last'])} (min {num(o['loss_min'])})"
         + (f"; validation loss {num(o['val_loss_last'])}" if o["val_loss_last"] is not None else ""),
         "",
+        *_task_markdown(o.get("task")),
         "## Diagnoses",
         "",
     ]
@@ -69,6 +72,18 @@ def run_markdown(report: RunReport) -> str:
         out += ["The advisors found nothing to report.", ""]
     out += ["## Per-layer summary (first → last logging step)", "", _layers_markdown(report), ""]
     return "\n".join(out)
+
+
+def _task_markdown(task: dict[str, Any] | None) -> list[str]:
+    """The task line of the overview (loss, output activation, targets, constant-prediction loss)."""
+    if not task:
+        return []
+    parts = [f"loss {task['loss']}", f"output activation {task['output_activation'] or 'unknown'}"]
+    if task["targets"]:
+        parts.append(f"targets: {task['targets']}")
+    if task["baseline_loss"] is not None:
+        parts.append(f"a constant prediction scores {num(task['baseline_loss'])}")
+    return ["Task: " + markdown_escape("; ".join(parts)), ""]
 
 
 def comparison_markdown(comparison: Comparison) -> str:

@@ -31,6 +31,8 @@ from nndiag.diagnosis import Diagnosis
 from nndiag.facts import LayerFacts, ModelFacts
 from nndiag.report.layers import StatMatrix, stat_matrix
 from nndiag.report.verdict import Verdict, verdict
+from nndiag.rules.task_view import task_of
+from nndiag.rules.view import RunView
 from nndiag.store.reader import load_run
 from nndiag.summary import KEY_STATS, layer_summary, run_overview
 
@@ -97,6 +99,7 @@ def build_report(path: str | Path, max_steps: int = MAX_REPORT_STEPS) -> RunRepo
     overview = _overview(history)
     diagnoses = by_severity(loaded.diagnoses)
     facts = ModelFacts.from_dict(loaded.facts)
+    overview["task"] = task_overview(history, facts)
     summary = layer_summary(history, facts, KEY_STATS)  # forward order
     return RunReport(
         path=run_dir,
@@ -109,6 +112,44 @@ def build_report(path: str | Path, max_steps: int = MAX_REPORT_STEPS) -> RunRepo
         layers=summary,
         history=history,
     )
+
+
+def task_overview(history: pd.DataFrame, facts: ModelFacts) -> dict[str, Any] | None:
+    """What the run asked the network to do: loss kind, output activation, targets, constant-prediction loss.
+
+    ``None`` when the task was not recorded (no loss graph, no targets).
+
+    Example:
+        >>> f = ModelFacts.from_dict({"task": {"loss": {"kind": "mse", "reduction": "mean"},
+        ...     "target": {"looks_like": "continuous", "min": -1.0, "max": 3.0, "mean": 0.5, "std": 1.0,
+        ...                "shape": [32, 1]}, "baseline_loss": 1.0}})
+        >>> task_overview(pd.DataFrame(columns=["step", "layer", "stat", "value"]), f)["targets"]
+        'continuous, 32 x 1 per batch, range -1 to 3, mean 0.5, std 1'
+    """
+    t = task_of(RunView(history, facts))
+    if t.loss_kind == "unknown" and not t.target:
+        return None
+    targets = None
+    if t.target:
+        shape = " x ".join(str(s) for s in t.target.get("shape") or [])
+        rng = t.target_range
+        parts = [str(t.looks_like or "unknown"), f"{shape} per batch" if shape else ""]
+        if rng is not None:
+            parts.append(f"range {rng[0]:.3g} to {rng[1]:.3g}")
+        for key in ("mean", "std"):
+            value = t.target.get(key)
+            if isinstance(value, (int, float)):
+                parts.append(f"{key} {value:.3g}")
+        classes = t.target.get("num_classes")
+        if isinstance(classes, int):
+            parts.append(f"{classes} classes")
+        targets = ", ".join(p for p in parts if p)
+    return {
+        "loss": t.loss_kind if t.reduction in ("unknown", "mean") else f"{t.loss_kind} ({t.reduction})",
+        "output_activation": t.final_activation,
+        "targets": targets,
+        "baseline_loss": t.baseline,
+    }
 
 
 def _finite(x: float) -> float | None:

@@ -90,6 +90,16 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "first_nonfinite_loss_step": {"type": ["integer", "null"]},
                 "val_loss_last": _NUM,
                 "val_loss_min": _NUM,
+                "task": {
+                    "type": ["object", "null"],
+                    "description": "what the run asked the network to do (null: not recorded)",
+                    "properties": {
+                        "loss": {"type": "string"},
+                        "output_activation": {"type": ["string", "null"]},
+                        "targets": {"type": ["string", "null"]},
+                        "baseline_loss": _NUM,
+                    },
+                },
             },
         },
         "diagnoses": {"type": "array", "items": DIAGNOSIS_SCHEMA, "description": "most severe, root causes first"},
