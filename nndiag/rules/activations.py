@@ -1,10 +1,9 @@
 """Activation rules: saturated tanh/sigmoid layers and dead ReLU units.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
     >>> from nndiag.rules.activations import dead_units
-    >>> from nndiag.rules.config import AdvisorConfig
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "relu", "dead_frac", 0.9) for s in range(3)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
     >>> relu = {"kind": "activation", "activation": "relu", "out_shape": [32, 10]}
@@ -22,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.collapse import activation_collapse
 from nndiag.rules.layers import (
@@ -79,7 +79,7 @@ _SATURATED_AT = {
 
 @rule(
     "saturated_activations",
-    requires=("sat_frac",),
+    requires=(Q.SAT_FRAC,),
     severity=("info", "warning"),
     rank=230,
     thresholds=SaturationThresholds,
@@ -92,7 +92,7 @@ def saturated_activations(view: RunView, t: SaturationThresholds) -> list[Diagno
     Output layers (no weight layer after them, e.g. the sigmoid of a confident binary
     classifier) saturate legitimately and are skipped. One diagnosis names the first such layer.
     """
-    m = view.matrix("sat_frac")
+    m = view.matrix(Q.SAT_FRAC)
     if m.empty:
         return []
     hits: list[tuple[str, int]] = []
@@ -203,7 +203,7 @@ def _feeding_layer(view: RunView, name: str) -> str | None:
 
 @rule(
     "dead_units",
-    requires=("dead_frac",),
+    requires=(Q.DEAD_FRAC,),
     rank=240,
     thresholds=DeadUnitsThresholds,
     summary="`dead_frac` > 0.5 sustained in a ReLU layer (or a dropout/pool fed by a functional ReLU), judged only "
@@ -215,7 +215,7 @@ def dead_units(view: RunView, t: DeadUnitsThresholds) -> list[Diagnosis]:
     Layers whose units are seen on fewer than ``dead_min_samples`` samples per batch are not judged.
     One diagnosis names the first such layer in forward order.
     """
-    m = view.matrix("dead_frac")
+    m = view.matrix(Q.DEAD_FRAC)
     if m.empty:
         return []
     hits: list[tuple[str, int]] = []

@@ -1,10 +1,9 @@
 """Architecture rules: BatchNorm with a small per-device batch; sigmoid as a hidden-layer activation.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
     >>> from nndiag.rules.architecture import batchnorm_small_batch
-    >>> from nndiag.rules.config import AdvisorConfig
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0], "layer": [""], "stat": ["loss"], "value": [1.0]})
     >>> facts = {"has_batchnorm": True, "batch_size": 4, "forward_order": ["conv", "bn"],
     ...          "layers": {"conv": {"kind": "conv"}, "bn": {"kind": "norm", "is_batchnorm": True}}}

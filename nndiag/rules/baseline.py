@@ -5,10 +5,9 @@ variance for MSE, the entropy of the class balance for cross-entropy: ln C for C
 classes; see :func:`nndiag.collect.task.baseline_loss`), else ln C of a softmax classifier.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
     >>> from nndiag.rules.baseline import loss_at_baseline
-    >>> from nndiag.rules.config import AdvisorConfig
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "", "loss", 1.0 + 0.001 * (s % 2)) for s in range(120)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
     >>> facts = {"task": {"loss": {"kind": "mse"}, "baseline_loss": 1.0}}

@@ -1,10 +1,9 @@
 """Activation collapse: activation std shrinking geometrically with depth (the lecture's 0.01*randn tanh table).
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
     >>> from nndiag.rules.collapse import activation_collapse
-    >>> from nndiag.rules.config import AdvisorConfig
-    >>> from nndiag.rules.view import RunView
     >>> names = [f"act{i}" for i in range(5)]
     >>> rows = [(s, n, "act_std", 0.2 ** (i + 1)) for s in range(3) for i, n in enumerate(names)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.layers import (
     CHAIN_BREAKERS,
@@ -124,7 +124,7 @@ def _collapsed(chain: list[str], stds: pd.Series, t: CollapseThresholds, fast: b
 
 @rule(
     "activation_collapse",
-    requires=("act_std",),
+    requires=(Q.ACT_STD,),
     rank=210,
     thresholds=CollapseThresholds,
     summary="a chain of ≥ 3 links of activation layers (no norm/pool/attention/recurrent in between), each std < "
@@ -140,11 +140,11 @@ def activation_collapse(view: RunView, t: CollapseThresholds) -> list[Diagnosis]
     layer in between), each std below ``collapse_link`` times the previous one, shrinking by at
     most ``collapse_ratio`` per layer on (geometric) average and ending below ``collapse_std``.
     """
-    m = view.matrix("act_std")
+    m = view.matrix(Q.ACT_STD)
     segments = _collapse_segments(view)
     if m.empty or not segments:
         return []
-    dead = view.matrix("dead_frac")
+    dead = view.matrix(Q.DEAD_FRAC)
     # Only the trailing run of collapsed steps matters (see sustained_since): walk back from the last
     # logging step and stop at the first step without a collapse, so a check does not grow with the run.
     found: dict[int, tuple[list[str], float]] = {}

@@ -1,10 +1,9 @@
 """Fit rules: overfitting (validation loss stalls or rises while training improves) and underfitting.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.fit import overfitting
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "", "loss", 2.0 * 0.98**s) for s in range(200)]
     >>> rows += [(s, "", "val_loss", 1.0 + abs(s - 60) / 100) for s in range(19, 200, 20)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.loss_view import LossThresholds, divergence, g, loss_curve, oscillation, plateau
 from nndiag.rules.registry import rule
@@ -63,7 +63,7 @@ def _val_points(view: RunView, t: LossThresholds) -> tuple[list[_ValPoint], floa
     validation, or over the smoothing window if longer (noisy small-batch losses need it).
     """
     c = loss_curve(view, t)
-    val = finite(view.series("val_loss"))
+    val = finite(view.series(Q.VAL_LOSS))
     if c is None or val.empty:
         return [], math.inf
     vsteps = val.index.to_numpy().astype(int)
@@ -79,7 +79,7 @@ def _val_points(view: RunView, t: LossThresholds) -> tuple[list[_ValPoint], floa
 
 @rule(
     "overfitting",
-    requires=("loss", "val_loss"),
+    requires=(Q.LOSS, Q.VAL_LOSS),
     rank=350,
     thresholds=OverfittingThresholds,
     summary="validation loss (medians over 3 checks) has had no new best for 3 checks while the training loss "
@@ -166,7 +166,7 @@ def overfitting(view: RunView, t: OverfittingThresholds) -> list[Diagnosis]:
 
 @rule(
     "underfitting",
-    requires=("loss", "val_loss"),
+    requires=(Q.LOSS, Q.VAL_LOSS),
     severity="info",
     rank=360,
     explained_by=("lr_too_low", "weights_not_updating", "vanishing_gradients", "activation_collapse"),

@@ -4,10 +4,9 @@
 received a non-zero gradient; parameters no gradient reaches are ``weights_not_updating``'s business.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.gradients import vanishing_gradients
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, p, "grad_norm", g) for s in range(4) for p, g in (("fc1.weight", 1e-6), ("fc2.weight", 0.1))]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
     >>> facts = {"forward_order": ["fc1", "act", "fc2"],
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, sustained_since
 from nndiag.rules.registry import rule
@@ -73,7 +73,7 @@ def weight_params(view: RunView) -> list[str]:
             and (not called or p.get("layer") in called)
         ]
     else:
-        m = view.matrix("grad_norm")
+        m = view.matrix(Q.GRAD_NORM)
         names = [str(c) for c in m.columns if str(c).rsplit(".", 1)[-1] == "weight"]
     return view.ordered(names)
 
@@ -83,7 +83,7 @@ def _ratios(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[str
 
     First and last are the first and last weight tensors with a finite, non-zero gradient at that step.
     """
-    g = view.matrix("grad_norm")
+    g = view.matrix(Q.GRAD_NORM)
     weights = [w for w in weight_params(view) if w in g.columns]
     if g.empty or len(weights) < 2:
         return g, pd.Series(dtype=float), {}
@@ -106,7 +106,7 @@ def _ratios(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[str
 
 def _input_scale(view: RunView) -> float:
     """RMS of the last recorded model input (NaN when not recorded)."""
-    mean, std = view.series("act_mean", "input"), view.series("act_std", "input")
+    mean, std = view.series(Q.ACT_MEAN, Q.INPUT_LAYER), view.series(Q.ACT_STD, Q.INPUT_LAYER)
     if mean.empty or std.empty:
         return math.nan
     return math.hypot(float(mean.iloc[-1]), float(std.iloc[-1]))
@@ -121,7 +121,7 @@ def _exploded_into_nonfinite(
     or grown ``explode_growth``-fold, or the backward pass overflowed: Inf gradients while the loss and
     every activation of that step were finite. NaN from corrupt data or log(0) is not an explosion.
     """
-    inp = view.series("nonfinite", "input")
+    inp = view.series(Q.NONFINITE, Q.INPUT_LAYER)
     if len(inp) and (inp[inp.index <= first_bad] > 0).any():
         return False
     before = total[(total.index < first_bad)].dropna()
@@ -134,16 +134,16 @@ def _exploded_into_nonfinite(
     at = grads[grads.step == first_bad].value
     if not at.map(lambda v: math.isinf(float(v))).any():
         return False
-    loss = view.series("loss")
+    loss = view.series(Q.LOSS)
     if first_bad in loss.index and not math.isfinite(float(loss[first_bad])):
         return False
-    acts = view.matrix("nonfinite")
+    acts = view.matrix(Q.NONFINITE)
     return bool(acts.empty or first_bad not in acts.index or not (acts.loc[first_bad].fillna(0) > 0).any())
 
 
 @rule(
     "exploding_gradients",
-    requires=("grad_norm",),
+    requires=(Q.GRAD_NORM,),
     severity=("warning", "error"),
     rank=200,
     explained_by=("target_not_normalized",),
@@ -166,7 +166,7 @@ def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis
     """
     k = t.sustained_checks
     h = view.history
-    grads = h[h.stat == "grad_norm"]
+    grads = h[h.stat == Q.GRAD_NORM]
     if grads.empty:
         return []
     nonfinite = grads[~np.isfinite(grads.value.to_numpy(dtype=float))]
@@ -179,7 +179,7 @@ def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis
         "Lower the learning rate (e.g. by 10x).",
         "Check the initialisation (Xavier/He scale) and add normalisation layers (BatchNorm/LayerNorm).",
     ]
-    total = view.series("grad_norm_total")
+    total = view.series(Q.GRAD_NORM_TOTAL)
     if start is not None:
         if not _exploded_into_nonfinite(view, grads, total, start, t):
             return []  # NaN from the data or the loss (nonfinite_input / nonfinite_loss name it), not an explosion
@@ -270,7 +270,7 @@ def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis
 
 @rule(
     "vanishing_gradients",
-    requires=("grad_norm",),
+    requires=(Q.GRAD_NORM,),
     rank=220,
     thresholds=VanishingThresholds,
     summary="first/last gradient-norm ratio < 1e-3 and first-layer norm < 1e-4 (published), or every layer's "
@@ -334,14 +334,14 @@ def vanishing_gradients(view: RunView, t: VanishingThresholds) -> list[Diagnosis
     if not weights:
         return []  # no gradient at all reaches them: weights_not_updating
     first_w = weights[0]
-    loss = view.series("loss").dropna()
+    loss = view.series(Q.LOSS).dropna()
     if len(loss) and float(loss.iloc[-1]) < t.converged_loss:
         return []  # a converged loss has small gradients
     numel = float(view.param(first_w).get("numel") or 0)
     if numel <= 0:
         return []
     rms = g[first_w].dropna() / math.sqrt(numel)
-    upd = view.matrix("update_ratio")
+    upd = view.matrix(Q.UPDATE_RATIO)
     tiny = (rms < t.vanish_rms) & (rms > 0)
     if not upd.empty and first_w in upd.columns:
         moved = upd[first_w].reindex(rms.index)

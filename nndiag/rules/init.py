@@ -1,10 +1,9 @@
 """Initialisation rules: initial weight scale off the Xavier/He prescription, symmetric (constant) initialisation.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.init import symmetric_init
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0], "layer": [""], "stat": ["loss"], "value": [1.0]})
     >>> w = {"std": 0.0, "mean": 0.1, "numel": 64, "units_identical": True}
     >>> facts = {"forward_order": ["fc1", "fc2"], "layers": {"fc1": {"kind": "linear"}, "fc2": {"kind": "linear"}},
@@ -19,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.facts import InitFacts
 from nndiag.rules.layers import describe, first_step, harmed, is_norm, loss_falling
@@ -67,7 +67,7 @@ def _neighbours_normalised(view: RunView, layer: str) -> bool:
 
 def _collapsed_signal(view: RunView, floor: float = 0.05) -> bool:
     """Whether some activation layer's output std has fallen below ``floor`` (a collapse with depth)."""
-    m = view.matrix("act_std")
+    m = view.matrix(Q.ACT_STD)
     acts = [c for c in m.columns if view.layer(str(c)).kind == "activation"] if not m.empty else []
     return bool(acts) and float(m[acts].iloc[-1].min(skipna=True)) < floor
 
@@ -96,7 +96,7 @@ def poor_init_scale(view: RunView, t: InitScaleThresholds) -> list[Diagnosis]:
     if not init or not view.forward_order:
         return []
     residual_like = any(view.layer(n).get("kind") in ("attention", "embedding") for n in view.forward_order)
-    wn = view.matrix("weight_norm")
+    wn = view.matrix(Q.WEIGHT_NORM)
     hits: list[tuple[str, float, float, str, str]] = []
     for layer in view.forward_order:
         info = view.layer(layer)

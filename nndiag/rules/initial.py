@@ -1,10 +1,9 @@
 """The initial-loss sanity check: a softmax classifier should start near ln C (the lecture's first check).
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.initial import initial_loss_off
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0, 1], "layer": ["", ""], "stat": ["loss", "loss"], "value": [9.0, 8.0]})
     >>> [(d.code, d.severity) for d in initial_loss_off(RunView(h, {"num_classes": 10}), AdvisorConfig())]
     [('initial_loss_off', 'warning')]
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.loss_view import ChanceThresholds, g, softmax_classes
 from nndiag.rules.registry import rule
@@ -22,7 +22,7 @@ from nndiag.rules.view import RunView
 
 @rule(
     "initial_loss_off",
-    requires=("loss",),
+    requires=(Q.LOSS,),
     rank=340,
     thresholds=ChanceThresholds,
     summary="step-0 loss off ln C by more than 50%. C from `num_classes=` or the last linear layer's width (≥ 2); "
@@ -36,7 +36,7 @@ def initial_loss_off(view: RunView, t: ChanceThresholds) -> list[Diagnosis]:
     one output, and for an inferred C only when the loss is consistent with cross-entropy. A loss
     below ln C is reported only for a user-declared ``num_classes`` (pretrained models start low).
     """
-    loss = view.series("loss")
+    loss = view.series(Q.LOSS)
     if loss.empty or not math.isfinite(float(loss.iloc[0])):
         return []
     step0, loss0 = int(loss.index[0]), float(loss.iloc[0])

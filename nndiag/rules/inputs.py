@@ -1,10 +1,9 @@
 """Input rules: a model input far from zero mean and unit scale.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.inputs import input_not_normalized
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "input", st, v) for s in range(3) for st, v in (("act_mean", 120.0), ("act_std", 70.0))]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
     >>> [(d.code, d.layer, d.step) for d in input_not_normalized(RunView(h), AdvisorConfig())]
@@ -16,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis, Severity
 from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, harmed, sustained_since
 from nndiag.rules.registry import rule
@@ -32,7 +32,7 @@ class InputThresholds(SustainedThresholds, InputScaleThresholds):
 
 @rule(
     "input_not_normalized",
-    requires=("act_mean", "act_std"),
+    requires=(Q.ACT_MEAN, Q.ACT_STD),
     severity=("info", "warning"),
     rank=110,
     thresholds=InputThresholds,
@@ -45,8 +45,8 @@ def input_not_normalized(view: RunView, t: InputThresholds) -> list[Diagnosis]:
     ``|mean| > input_mean_abs``, ``std > input_std_max`` or ``std < input_std_min``. Integer inputs
     (token ids) are not recorded and never judged.
     """
-    mean = view.series("act_mean", "input").dropna()
-    std = view.series("act_std", "input").dropna()
+    mean = view.series(Q.ACT_MEAN, Q.INPUT_LAYER).dropna()
+    std = view.series(Q.ACT_STD, Q.INPUT_LAYER).dropna()
     if mean.empty or std.empty:
         return []
     mean, std = mean.align(std, join="inner")

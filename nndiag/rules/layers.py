@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.rules.view import RunView
 
 # Activations whose zero region passes no gradient at all (a unit whose input is always negative is dead).
@@ -66,7 +67,7 @@ def loss_falling(view: RunView, drop: float = 0.1, window: int = 50) -> bool:
         >>> loss_falling(RunView(h))
         True
     """
-    loss = view.series("loss").dropna()
+    loss = view.series(Q.LOSS).dropna()
     loss = loss[loss.map(math.isfinite)]
     n = max(window, len(loss) // 4)
     if len(loss) < n:
@@ -79,7 +80,7 @@ def loss_falling(view: RunView, drop: float = 0.1, window: int = 50) -> bool:
 
 def harmed(view: RunView, dead: float = 0.5, saturated: float = 0.5) -> bool:
     """Signs of harm at the latest logging step: a ReLU layer mostly dead, or a layer mostly saturated."""
-    for stat, limit in (("dead_frac", dead), ("sat_frac", saturated)):
+    for stat, limit in ((Q.DEAD_FRAC, dead), (Q.SAT_FRAC, saturated)):
         m = view.matrix(stat)
         if not m.empty and float(m.iloc[-1].max(skipna=True) if m.iloc[-1].notna().any() else 0.0) > limit:
             return True
@@ -134,7 +135,7 @@ def describe(view: RunView, name: str) -> str:
 
 def input_unscaled(view: RunView, t: InputScaleThresholds) -> bool:
     """Whether the last recorded model input is far from zero mean / unit scale."""
-    mean, std = view.series("act_mean", "input"), view.series("act_std", "input")
+    mean, std = view.series(Q.ACT_MEAN, Q.INPUT_LAYER), view.series(Q.ACT_STD, Q.INPUT_LAYER)
     if mean.empty or std.empty:
         return False
     mu, sd = abs(float(mean.iloc[-1])), float(std.iloc[-1])

@@ -5,10 +5,9 @@ Each rule detects with the loss-curve analysis (:mod:`nndiag.rules.curves`, thro
 underfitting) are in :mod:`nndiag.rules.fit`, the initial-loss check in :mod:`nndiag.rules.initial`.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.loss import nonfinite_loss
-    >>> from nndiag.rules.view import RunView
     >>> losses = [2.3, 2.2, float("inf")]
     >>> h = pd.DataFrame({"step": [0, 1, 2], "layer": [""] * 3, "stat": ["loss"] * 3, "value": losses})
     >>> [(d.code, d.step, d.severity) for d in nonfinite_loss(RunView(h), AdvisorConfig())]
@@ -20,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.curves import relative_drop
 from nndiag.rules.fit import overfitting, underfitting
@@ -39,7 +39,7 @@ class PlateauThresholds(LossThresholds):
 
 def _validation_falling(view: RunView, since: int, drop: float) -> bool:
     """Whether the validation loss fell by more than ``drop`` (relative) over the validations since ``since``."""
-    val = finite(view.series("val_loss"))
+    val = finite(view.series(Q.VAL_LOSS))
     val = val[val.index >= since]
     if len(val) < 3:
         return False
@@ -66,7 +66,7 @@ __all__ = [
 
 @rule(
     "nonfinite_loss",
-    requires=("loss",),
+    requires=(Q.LOSS,),
     severity="error",
     rank=300,
     broken=True,
@@ -75,7 +75,7 @@ __all__ = [
 )
 def nonfinite_loss(view: RunView, t: NoThresholds) -> list[Diagnosis]:
     """NaN/Inf loss: name the first step and, where recorded, the first input/layer with NaN/Inf."""
-    loss = view.series("loss")
+    loss = view.series(Q.LOSS)
     bad = loss[~loss.map(math.isfinite)]
     if bad.empty:
         return []
@@ -113,7 +113,7 @@ def _kind(value: float) -> str:
 
 @rule(
     "loss_diverging",
-    requires=("loss",),
+    requires=(Q.LOSS,),
     severity="error",
     rank=320,
     explained_by=("lr_too_high", "nonfinite_loss"),
@@ -162,7 +162,7 @@ def loss_diverging(view: RunView, t: LossThresholds) -> list[Diagnosis]:
 
 @rule(
     "loss_oscillating",
-    requires=("loss",),
+    requires=(Q.LOSS,),
     rank=330,
     explained_by=("lr_too_high", "nonfinite_loss"),
     thresholds=LossThresholds,
@@ -203,7 +203,7 @@ def loss_oscillating(view: RunView, t: LossThresholds) -> list[Diagnosis]:
 
 @rule(
     "loss_not_decreasing",
-    requires=("loss",),
+    requires=(Q.LOSS,),
     rank=370,
     explained_by=(
         "lr_too_low",

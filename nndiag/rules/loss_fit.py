@@ -1,10 +1,9 @@
 """The loss against the task: a loss that does not fit the targets, or shapes it silently broadcasts.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.loss_fit import loss_mismatch
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0], "layer": [""], "stat": ["loss"], "value": [1.0]})
     >>> facts = {"task": {"loss": {"kind": "mse", "broadcast_from": [32, 1]}, "broadcast_confirmed": True,
     ...                   "shape_mismatch": {"kind": "broadcast", "output": [32, 1], "target": [32]}}}

@@ -5,10 +5,9 @@ what needs the model (is this a softmax classifier, and with how many classes?),
 each analysis per (view, thresholds) since several rules read the same curve at one check.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.loss_view import loss_curve
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0, 1, 2], "layer": [""] * 3, "stat": ["loss"] * 3, "value": [2.0, 1.5, 1.0]})
     >>> c = loss_curve(RunView(h), AdvisorConfig())
     >>> c.start, c.values.tolist()
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar, cast
 
+from nndiag import quantities as Q
 from nndiag.rules import curves
 from nndiag.rules.curves import Divergence, LossCurve, Oscillation, Plateau
 from nndiag.rules.view import RunView, finite
@@ -66,7 +66,7 @@ def loss_curve(view: RunView, t: LossThresholds) -> LossCurve | None:
 
 
 def _loss_curve(view: RunView, t: LossThresholds) -> LossCurve | None:
-    loss = view.series("loss")
+    loss = view.series(Q.LOSS)
     steps, values, _ = curves.finite_losses(loss.index.to_numpy(), loss.to_numpy(dtype=float))
     chance = None
     if len(values) >= 2 and steps[0] == 0:
@@ -122,7 +122,7 @@ def softmax_classes(view: RunView, t: ChanceThresholds, loss0: float) -> int | N
     classes = view.num_classes()
     if classes is None or not view.forward_order:
         return None
-    std = finite(view.series("act_std", view.forward_order[-1]))
+    std = finite(view.series(Q.ACT_STD, view.forward_order[-1]))
     if std.empty:
         return None
     ln_c = math.log(classes)

@@ -9,10 +9,9 @@ an error (Adam at lr 1e-3 routinely gives ~1e-2, and a fast but stable run may b
 to a constant prediction.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.lr import lr_too_high
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "", "loss", v) for s, v in enumerate([2.3, 2.2, 3.1, 40.0, float("nan")])]
     >>> rows += [(s, "fc.weight", "update_ratio", 0.5) for s in range(4)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
@@ -56,7 +55,7 @@ class LrHighThresholds(UpdateRatioThresholds, BaselineThresholds):
 
 def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None:
     """(layer, onset, what) of a layer that now passes only a constant but did not at step 0."""
-    dead = view.matrix("dead_frac")
+    dead = view.matrix(Q.DEAD_FRAC)
     for layer in dead.columns:
         col = dead[layer].dropna()
         if len(col) < 2 or col.iloc[0] >= t.lr_collapse_dead_frac:
@@ -64,7 +63,7 @@ def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None
         start = streak_from(col >= t.lr_collapse_dead_frac)
         if start is not None:
             return str(layer), start, f"{col.iloc[-1]:.0%} of the units of {layer} died"
-    std = view.matrix("act_std")
+    std = view.matrix(Q.ACT_STD)
     for layer in std.columns:
         if layer == "input":
             continue
@@ -92,14 +91,14 @@ def _collapsed_in_training(view: RunView, t: LrHighThresholds) -> bool:
 
 def _first_nonfinite_loss(view: RunView) -> int | None:
     """First step with a NaN/Inf loss."""
-    loss = view.series("loss")
+    loss = view.series(Q.LOSS)
     bad = loss.index[~np.isfinite(loss.to_numpy(dtype=float))]
     return int(bad[0]) if len(bad) else None
 
 
 @rule(
     "lr_too_high",
-    requires=("loss", "update_ratio"),
+    requires=(Q.LOSS, Q.UPDATE_RATIO),
     severity="error",
     rank=150,
     explained_by=("regularization_too_strong",),

@@ -1,10 +1,9 @@
 """Learning rate too low: tiny update/weight ratios with a loss that barely moves or only creeps.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.lr_low import lr_too_low
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "", "loss", 2.3) for s in range(80)]
     >>> rows += [(s, "fc.weight", "update_ratio", 1e-7) for s in range(0, 80, 10)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.curves import relative_drop
 from nndiag.rules.loss_view import loss_curve
@@ -49,7 +49,7 @@ class LrLowThresholds(UpdateRatioThresholds):
 
 @rule(
     "lr_too_low",
-    requires=("loss", "update_ratio"),
+    requires=(Q.LOSS, Q.UPDATE_RATIO),
     rank=160,
     explained_by=("vanishing_gradients", "activation_collapse", "lr_too_high"),
     thresholds=LrLowThresholds,
@@ -139,7 +139,7 @@ def lr_too_low(view: RunView, t: LrLowThresholds) -> list[Diagnosis]:
 
 def _grad_weight_ratio(view: RunView, steps: list[int]) -> float | None:
     """Median ||g|| / ||w|| over the weight matrices at ``steps``, or ``None`` if not recorded."""
-    g, w = view.matrix("grad_norm"), view.matrix("weight_norm")
+    g, w = view.matrix(Q.GRAD_NORM), view.matrix(Q.WEIGHT_NORM)
     if g.empty or w.empty:
         return None
     cols = [c for c in weight_matrices(view, [str(c) for c in g.columns]) if c in w.columns]
@@ -154,7 +154,7 @@ def _grad_weight_ratio(view: RunView, steps: list[int]) -> float | None:
 
 def _lr_scheduled(view: RunView, t: LrLowThresholds) -> bool:
     """Whether a scheduler has decayed the rate far below its peak, or a warmup is still raising it."""
-    m = view.matrix("lr")
+    m = view.matrix(Q.LR)
     if m.empty:
         return False
     top = m.max(axis=1, skipna=True).dropna()

@@ -1,10 +1,9 @@
 """Non-finite values inside the run: NaN/Inf in the model input, or first appearing inside the network.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.nonfinite import nonfinite_activations
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [3, 3], "layer": ["fc1", "fc2"], "stat": ["nonfinite"] * 2, "value": [0.0, 12.0]})
     >>> view = RunView(h, {"forward_order": ["fc1", "fc2"]})
     >>> [(d.code, d.layer, d.step) for d in nonfinite_activations(view, AdvisorConfig())]
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.registry import NoThresholds, rule
 from nndiag.rules.view import RunView
@@ -22,7 +22,7 @@ from nndiag.rules.view import RunView
 
 def _nonfinite(view: RunView) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The ``nonfinite`` counts (steps x layers) and where they are positive, or ``None`` if not recorded."""
-    m = view.matrix("nonfinite")
+    m = view.matrix(Q.NONFINITE)
     if m.empty:
         return None
     return m, m.fillna(0) > 0
@@ -30,7 +30,7 @@ def _nonfinite(view: RunView) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 
 @rule(
     "nonfinite_input",
-    requires=("nonfinite",),
+    requires=(Q.NONFINITE,),
     severity="error",
     rank=100,
     summary="the model input holds NaN/Inf",
@@ -44,7 +44,7 @@ def nonfinite_input(view: RunView, t: NoThresholds) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     if "input" in bad.columns and bad["input"].any():
         step = int(bad.index[bad["input"].to_numpy()][0])
-        count = float(m.loc[step, "input"])
+        count = float(m.loc[step, Q.INPUT_LAYER])
         out.append(
             Diagnosis(
                 code="nonfinite_input",
@@ -64,7 +64,7 @@ def nonfinite_input(view: RunView, t: NoThresholds) -> list[Diagnosis]:
 
 @rule(
     "nonfinite_activations",
-    requires=("nonfinite",),
+    requires=(Q.NONFINITE,),
     severity="error",
     rank=310,
     explained_by=("nonfinite_input",),
@@ -77,7 +77,7 @@ def nonfinite_activations(view: RunView, t: NoThresholds) -> list[Diagnosis]:
         return []
     m, bad = found
     out: list[Diagnosis] = []
-    layers = [c for c in bad.columns if c != "input" and bad[c].any()]
+    layers = [c for c in bad.columns if c != Q.INPUT_LAYER and bad[c].any()]
     first = view.first_nonfinite(layers) if layers else None
     if first is not None:
         layer, first_step = first

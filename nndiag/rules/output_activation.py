@@ -1,10 +1,9 @@
 """The output activation against the targets and the loss: can the network produce what it is asked for.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.output_activation import output_activation_mismatch
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0], "layer": [""], "stat": ["loss"], "value": [40.0]})
     >>> facts = {"task": {"loss": {"kind": "mse", "input_activation": "sigmoid"},
     ...                   "target": {"min": 2.0, "max": 30.0, "looks_like": "continuous"}}}

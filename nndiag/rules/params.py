@@ -1,10 +1,9 @@
 """Parameter rules: trainable weights that never change, with the cause.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.params import weights_not_updating
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame([(s, "fc.weight", "update_ratio", 0.0) for s in range(4)],
     ...                  columns=["step", "layer", "stat", "value"])
     >>> facts = {"params": {"fc.weight": {"trainable": True, "in_optimizer": False, "layer": "fc"}},
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis, Severity
 from nndiag.rules.init import poor_init_scale, symmetric_init
 from nndiag.rules.layers import HARD_ZERO_ACTIVATIONS, sustained_since
@@ -84,8 +84,8 @@ def _stuck(view: RunView, names: list[str]) -> pd.DataFrame:
     The update ratio is 0; or, where it is undefined (||w|| = 0) or not recorded, the weight norm is
     exactly the one of the previous logging step.
     """
-    upd = view.matrix("update_ratio")
-    wn = view.matrix("weight_norm")
+    upd = view.matrix(Q.UPDATE_RATIO)
+    wn = view.matrix(Q.WEIGHT_NORM)
     index = upd.index.union(wn.index)
     r = upd.reindex(index=index, columns=names)
     w = wn.reindex(index=index, columns=names)
@@ -98,7 +98,7 @@ def _explained_by_dead_units(view: RunView, param: str, t: FrozenThresholds) -> 
 
     A dead ReLU after its layer passes nothing back; one feeding a weight's layer makes its input all zero.
     """
-    dead = view.matrix("dead_frac")
+    dead = view.matrix(Q.DEAD_FRAC)
     layer = str(view.param(param).get("layer", ""))
     order = view.forward_order
     if dead.empty or layer not in order:
@@ -156,12 +156,12 @@ def _cause(view: RunView, param: str, since: int) -> str:
     info = view.param(param)
     if info.get("in_optimizer") is False and view.facts.optimizers:
         return "not_in_optimizer"
-    grads = view.matrix("grad_norm")
+    grads = view.matrix(Q.GRAD_NORM)
     if param in grads.columns:
         g = grads[param][grads.index >= since].dropna()
         if len(g) and (g == 0).all():
             return "no_gradient"
-    lrs = view.history[(view.history.stat == "lr") & (view.history.step >= since)]
+    lrs = view.history[(view.history.stat == Q.LR) & (view.history.step >= since)]
     if len(lrs) and (lrs.groupby("layer").value.max() == 0).any():
         return "zero_lr"
     return "other"
@@ -187,11 +187,11 @@ def weights_not_updating(view: RunView, t: FrozenThresholds) -> list[Diagnosis]:
     parameters (``requires_grad=False``) are not trainable and never reported.
     """
     params = view.facts.params
-    loss = view.series("loss").dropna()
+    loss = view.series(Q.LOSS).dropna()
     if len(loss) and 0 <= float(loss.iloc[-1]) <= t.frozen_converged_loss:
         return []  # converged (e.g. a clamped BCE at ~1e-7): updates of zero are the fixed point, not a fault
     names = [n for n, p in params.items() if p.get("trainable", True)]
-    if not names or not (view.has("update_ratio") or view.has("weight_norm")):
+    if not names or not (view.has(Q.UPDATE_RATIO) or view.has(Q.WEIGHT_NORM)):
         return []
     stuck = _stuck(view, names)
     if stuck.empty:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nndiag import quantities as Q
 from nndiag.rules.loss_view import LossThresholds
 from nndiag.rules.view import RunView
 
@@ -55,7 +56,7 @@ def ratio_checks(view: RunView, how: str = "median") -> pd.Series:
 
     Only finite ratios count (a zero weight tensor has none); steps with none are dropped.
     """
-    m = view.matrix("update_ratio")
+    m = view.matrix(Q.UPDATE_RATIO)
     if m.empty:
         return pd.Series(dtype=float)
     cols = weight_matrices(view, [str(c) for c in m.columns])
@@ -86,7 +87,7 @@ def last_streak_start(mask: pd.Series) -> int | None:
 
 def current_lr(view: RunView) -> float | None:
     """The largest learning rate over the optimizer groups at the last logging step."""
-    m = view.matrix("lr")
+    m = view.matrix(Q.LR)
     if m.empty:
         return None
     last = m.iloc[-1].dropna()

@@ -1,10 +1,9 @@
 """Regularisation so strong that the model cannot fit: weights shrink while the training loss stays high.
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.regularization import regularization_too_strong
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "", "loss", 2.2) for s in range(100)]
     >>> rows += [(s, "fc.weight", "weight_norm", 10.0 * 0.97**s) for s in range(0, 100, 10)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])

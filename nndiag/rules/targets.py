@@ -1,10 +1,9 @@
 """Regression targets far from unit scale (the lecture normalises the outputs as well as the inputs).
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.targets import target_not_normalized
-    >>> from nndiag.rules.view import RunView
     >>> h = pd.DataFrame({"step": [0], "layer": [""], "stat": ["loss"], "value": [2e4]})
     >>> facts = {"task": {"loss": {"kind": "mse"}, "target": {"looks_like": "continuous", "mean": 152.0,
     ...          "feature_std": 77.0, "min": 25.0, "max": 346.0}}}

@@ -1,10 +1,9 @@
 """Training that stopped while the loss was still falling fast (checked once the run has ended).
 
 Example:
+    >>> from nndiag.rules import AdvisorConfig, RunView
     >>> import pandas as pd
-    >>> from nndiag.rules.config import AdvisorConfig
     >>> from nndiag.rules.training_length import undertrained
-    >>> from nndiag.rules.view import RunView
     >>> rows = [(s, "", "loss", 2.0 * 0.99**s) for s in range(200)]
     >>> h = pd.DataFrame(rows, columns=["step", "layer", "stat", "value"])
     >>> [(d.code, d.severity) for d in undertrained(RunView(h, finished=True), AdvisorConfig())]
