@@ -92,6 +92,8 @@ class LossCurve:
         converged: a level at or below which the loss counts as converged (not stalled, not oscillating).
         chance: ln C for a softmax classifier whose step-0 loss is consistent with it, else ``None``;
             its step-0 loss is then a reliable reference.
+        undersmoothed: the noise asks for a longer smoothing window than there are losses: the smoothed
+            curve is not reliable yet (rules that compare it with its own minimum do not decide).
     """
 
     steps: np.ndarray
@@ -103,6 +105,7 @@ class LossCurve:
     first_nonfinite: int | None
     converged: float
     chance: float | None
+    undersmoothed: bool = False
 
 
 def finite_losses(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
@@ -126,14 +129,12 @@ def smooth_curve(
         return None
     n = len(values)
     noise = relative_noise(values[-max(params.flat_window, int(params.flat_window_frac * n)) :])
-    w = min(
-        max(params.loss_smooth_steps, median_samples(noise, params.loss_smooth_noise)),
-        max(n, params.loss_smooth_steps),
-    )
+    need = median_samples(noise, params.loss_smooth_noise)
+    w = min(max(params.loss_smooth_steps, need), max(n, params.loss_smooth_steps))
     smooth = pd.Series(values).rolling(w, min_periods=(w + 1) // 2).median().to_numpy()
     start = float(np.median(values[: params.loss_start_steps]))
     converged = max(params.converged_loss, params.converged_frac * start)
-    return LossCurve(steps, values, noise, w, smooth, start, first_bad, converged, chance)
+    return LossCurve(steps, values, noise, w, smooth, start, first_bad, converged, chance, need > n)
 
 
 def median_samples(noise: float, error: float) -> int:
@@ -224,7 +225,7 @@ def divergence(c: LossCurve, params: DivergenceParams) -> Divergence | None:
         high = np.maximum(params.loss_explode, params.diverge_factor * raw_min)
         exploding = (raw_min > 0) & (c.values >= high) & (c.values > c.converged)
     starts: list[tuple[int, bool]] = []
-    i = streak_start(climbing)
+    i = None if c.undersmoothed else streak_start(climbing)  # too noisy to compare with the minimum yet
     if i is not None and len(s) - i >= params.diverge_min_steps:
         starts.append((i, False))
     j = streak_start(exploding)

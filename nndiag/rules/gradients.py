@@ -52,11 +52,18 @@ class VanishingThresholds(SustainedThresholds):
     converged_loss: float = 1e-3  # a loss resting below this has converged (as for the loss rules)
 
 
+# Attention query/key projections (Hugging Face, timm, diffusers names): at initialisation the attention
+# logits are small, the softmax is almost uniform and these get ~1e-4 of the others' gradient by design; they
+# are not on the path the gradient takes back to the input (values and the residual stream are).
+QUERY_KEY_NAMES = ("query", "key", "q_proj", "k_proj", "q_lin", "k_lin", "to_q", "to_k", "wq", "wk")
+
+
 def weight_params(view: RunView) -> list[str]:
     """Trained weight tensors (>= 2 dims) of the linear/conv layers the forward pass called, in forward order.
 
-    Parameters outside every optimizer are left out (their gradients are never applied). Without
-    parameter facts: the recorded ``*.weight`` parameters.
+    Parameters outside every optimizer are left out (their gradients are never applied), and so are
+    attention query/key projections (:data:`QUERY_KEY_NAMES`). Without parameter facts: the
+    recorded ``*.weight`` parameters.
     """
     params = view.facts.params
     called = set(view.forward_order)
@@ -75,7 +82,7 @@ def weight_params(view: RunView) -> list[str]:
     else:
         m = view.matrix(Q.GRAD_NORM)
         names = [str(c) for c in m.columns if str(c).rsplit(".", 1)[-1] == "weight"]
-    return view.ordered(names)
+    return view.ordered([n for n in names if n.rsplit(".", 2)[-2:][0] not in QUERY_KEY_NAMES])
 
 
 def _ratios(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[str, str]]]:
