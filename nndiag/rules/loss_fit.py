@@ -13,13 +13,10 @@ Example:
 
 from __future__ import annotations
 
-from nndiag.diagnosis import Diagnosis, Severity
-from nndiag.rules.layers import first_step
+from nndiag.diagnosis import Diagnosis
 from nndiag.rules.registry import NoThresholds, rule
-from nndiag.rules.task_view import BINARY_LOSSES, REGRESSION_LOSSES, TaskView, task_of
+from nndiag.rules.task_view import BINARY_LOSSES, REGRESSION_LOSSES, Finding, TaskView, at_start, task_of
 from nndiag.rules.view import RunView
-
-Finding = tuple[Severity, str, list[str], dict[str, float]]
 
 
 def _broadcast(t: TaskView) -> Finding | None:
@@ -171,16 +168,5 @@ def loss_mismatch(view: RunView, th: NoThresholds) -> list[Diagnosis]:
     for check in CHECKS:
         found = check(t)
         if found is not None:
-            severity, message, suggestions, evidence = found
-            return [
-                Diagnosis(
-                    code="loss_mismatch",
-                    severity=severity,
-                    step=first_step(view),
-                    layer=None,
-                    message=message,
-                    evidence=evidence,
-                    suggestions=suggestions,
-                )
-            ]
+            return at_start(view, "loss_mismatch", found)
     return []

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nndiag.diagnosis import Diagnosis, Severity
-from nndiag.rules.layers import first_step
+from nndiag.diagnosis import Diagnosis
 from nndiag.rules.registry import rule
-from nndiag.rules.task_view import OUTPUT_RANGES, REGRESSION_LOSSES, TaskView, task_of
+from nndiag.rules.task_view import OUTPUT_RANGES, REGRESSION_LOSSES, Finding, TaskView, at_start, task_of
 from nndiag.rules.view import RunView
 
 
@@ -66,7 +65,7 @@ def output_activation_mismatch(view: RunView, th: OutputRangeThresholds) -> list
     t = task_of(view)
     act = t.final_activation or "none"
     where = t.final_layer
-    found: tuple[Severity, str, list[str], dict[str, float]] | None = None
+    found: Finding | None = None
     if act == "softmax" and t.output_width == 1:
         found = (
             "error",
@@ -109,17 +108,4 @@ def output_activation_mismatch(view: RunView, th: OutputRangeThresholds) -> list
                 ],
                 {"target_min": rng[0], "target_max": rng[1], "range_low": lo, "range_high": hi},
             )
-    if found is None:
-        return []
-    severity, message, suggestions, evidence = found
-    return [
-        Diagnosis(
-            code="output_activation_mismatch",
-            severity=severity,
-            step=first_step(view),
-            layer=where,
-            message=message,
-            evidence=evidence,
-            suggestions=suggestions,
-        )
-    ]
+    return [] if found is None else at_start(view, "output_activation_mismatch", found, where)

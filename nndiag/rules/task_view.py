@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from nndiag.diagnosis import Diagnosis, Severity
+from nndiag.rules.layers import first_step
 from nndiag.rules.view import RunView
 
 REGRESSION_LOSSES = ("mse", "l1", "smooth_l1", "huber")
@@ -79,6 +81,26 @@ class TaskView:
     def output_width(self) -> int | None:
         """The size of the output's last dimension (1 for a single output unit)."""
         return int(self.output_shape[-1]) if self.output_shape else None
+
+
+# (severity, message, suggestions, evidence) of a task check, turned into a Diagnosis by :func:`at_start`
+Finding = tuple[Severity, str, list[str], dict[str, float]]
+
+
+def at_start(view: RunView, code: str, found: Finding, layer: str | None = None) -> list[Diagnosis]:
+    """A task finding as the diagnosis ``code`` from the run's first step (the task is wrong from the start)."""
+    severity, message, suggestions, evidence = found
+    return [
+        Diagnosis(
+            code=code,
+            severity=severity,
+            step=first_step(view),
+            layer=layer,
+            message=message,
+            evidence=evidence,
+            suggestions=suggestions,
+        )
+    ]
 
 
 def task_of(view: RunView) -> TaskView:
