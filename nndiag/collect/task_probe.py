@@ -77,7 +77,7 @@ class TaskProbe:
         samples: logging steps whose targets are summarised into the facts.
     """
 
-    def __init__(self, guard: ErrorGuard, samples: int = 3) -> None:
+    def __init__(self, guard: ErrorGuard, samples: int = 8) -> None:
         self.guard = guard
         self.samples = samples
         self._armed = False

@@ -57,13 +57,49 @@ def baseline_of(view: RunView, t: LossThresholds) -> tuple[float, str] | None:
     return None
 
 
+def baseline_error(view: RunView) -> float:
+    """Relative standard error of the baseline estimated from the targets seen (0 when not estimated).
+
+    Delta method: binary cross-entropy |ln((1-p)/p)| sqrt(p(1-p)/n) (an imbalanced prior is uncertain
+    from a few batches), cross-entropy sqrt((sum p ln^2 p - H^2) / n), MSE sqrt(2/n).
+
+    Example:
+        >>> import pandas as pd
+        >>> f = {"task": {"loss": {"kind": "bce"}, "baseline_loss": 0.325,
+        ...               "target": {"mean": 0.1, "numel": 192, "in_01": True}}}
+        >>> round(baseline_error(RunView(pd.DataFrame(), f)), 2)
+        0.15
+    """
+    task = task_of(view)
+    base, target = task.baseline, task.target
+    n = float(target.get("numel") or 0) if task.loss_kind in ("bce", "bce_with_logits") else 0.0
+    if not base or not target:
+        return 0.0
+    if task.loss_kind in ("bce", "bce_with_logits"):
+        p = target.get("mean")
+        if not isinstance(p, (int, float)) or not 0 < p < 1 or n <= 0:
+            return 0.0
+        return abs(math.log((1 - p) / p)) * math.sqrt(p * (1 - p) / n) / base
+    if task.loss_kind == "cross_entropy":
+        counts = [float(c) for c in target.get("class_counts") or [] if c]
+        total = sum(counts)
+        if total <= 0:
+            return 0.0
+        second = sum(c / total * math.log(c / total) ** 2 for c in counts)
+        return math.sqrt(max(second - base**2, 0.0) / total) / base
+    if task.loss_kind == "mse":
+        rows = float(target.get("rows") or 0)
+        return math.sqrt(2.0 / rows) if rows > 0 else 0.0
+    return 0.0
+
+
 def at_baseline(view: RunView, t: BaselineThresholds, slack: float = 1.0) -> tuple[float, float, str, int] | None:
     """``(level, baseline, how, onset step)`` when the loss has rested at the baseline over two windows.
 
     The window is ``baseline_window`` steps or 1/8 of the run; the medians of the last
     two windows must both lie within ``baseline_tolerance`` (or two standard errors of a window
-    median, for a noisy loss) of the baseline. A loss that only passes the baseline on its way down
-    does not stay there for two windows, nor may it still be falling from one window to the next.
+    median, for a noisy loss, or of the baseline's own estimate) of the baseline. A loss that only
+    passes the baseline on its way down does not stay there for two windows, nor may it still be falling from one window to the next.
     No verdict when the loss is too noisy to tell (``baseline_max_error``). ``slack`` widens the
     tolerance (the learning-rate rule, which has a collapse as evidence of its own, uses 2).
     """
@@ -84,7 +120,7 @@ def at_baseline(view: RunView, t: BaselineThresholds, slack: float = 1.0) -> tup
     error = 2 * math.sqrt(math.pi / 2) * c.noise / math.sqrt(w)
     if error > t.baseline_max_error:
         return None
-    tol = slack * max(t.baseline_tolerance, error)
+    tol = slack * max(t.baseline_tolerance, error, 2 * baseline_error(view))
     if abs(recent - base) > tol * base or abs(before - base) > tol * base:
         return None
     if before - recent > max(t.baseline_tolerance / 2, math.sqrt(2) * error) * before:
@@ -98,6 +134,12 @@ def output_spread_ratio(view: RunView) -> float | None:
     if len(spread) < 2 or not float(spread.iloc[0]) > 0:
         return None
     return float(spread.iloc[-1]) / float(spread.iloc[0])
+
+
+def _nonlinear(view: RunView) -> bool:
+    """Whether the model has a nonlinearity (an activation module, or one recorded after a linear layer)."""
+    layers = view.facts.layers
+    return not layers or any(f.kind == "activation" or f.activation for f in layers.values())
 
 
 @rule(
@@ -117,6 +159,12 @@ def output_spread_ratio(view: RunView) -> float | None:
         "regularization_too_strong",
         "lr_too_low",
         "target_not_normalized",
+        # mechanisms that stop a network from learning name the fix better than the symptom
+        "sigmoid_hidden_layer",
+        "saturated_activations",
+        "activation_collapse",
+        "poor_init_scale",
+        "input_not_normalized",
     ),
     thresholds=BaselineThresholds,
     summary="the medians of the training loss over its last two windows (≥ 25 steps or 1/8 of the run each) lie "
@@ -125,6 +173,8 @@ def output_spread_ratio(view: RunView) -> float | None:
 )
 def loss_at_baseline(view: RunView, t: BaselineThresholds) -> list[Diagnosis]:
     """A flat training loss at what a constant prediction would give (needs a baseline: targets or ln C)."""
+    if not _nonlinear(view):
+        return []  # a linear model may simply be unable to fit: underfitting / loss_not_decreasing speak
     found = at_baseline(view, t)
     if found is None:
         return []
