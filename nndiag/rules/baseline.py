@@ -100,8 +100,9 @@ def at_baseline(view: RunView, t: BaselineThresholds, slack: float = 1.0) -> tup
     two windows must both lie within ``baseline_tolerance`` (or two standard errors of a window
     median, for a noisy loss, or of the baseline's own estimate) of the baseline. A loss that only
     passes the baseline on its way down does not stay there for two windows, nor may it still be
-    falling from one window to the next. No verdict when the loss is too noisy to tell (``baseline_max_error``). ``slack`` widens the
-    tolerance (the learning-rate rule, which has a collapse as evidence of its own, uses 2).
+    falling from one window to the next. No verdict when the loss is too noisy to tell
+    (``baseline_max_error``). ``slack`` widens the tolerance (the learning-rate rule, which has a
+    collapse as evidence of its own, uses 2).
     """
     c = loss_curve(view, t)
     if c is None:
