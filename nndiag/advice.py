@@ -111,8 +111,12 @@ class AdvisorLoop:
         diags = by_severity(self.diagnoses)
         if not diags:
             return f"nndiag: no problems found in {steps} optimizer steps."
-        noun = "diagnosis" if len(diags) == 1 else "diagnoses"
-        lines = [f"nndiag: {len(diags)} {noun} in {steps} optimizer steps:"]
+        if all(d.severity == "info" for d in diags):  # as the report's verdict puts it: advice is no problem
+            noun = "piece" if len(diags) == 1 else "pieces"
+            lines = [f"nndiag: no problems found in {steps} optimizer steps; {len(diags)} {noun} of advice:"]
+        else:
+            noun = "diagnosis" if len(diags) == 1 else "diagnoses"
+            lines = [f"nndiag: {len(diags)} {noun} in {steps} optimizer steps:"]
         for d in diags:
             lines.append(f"  {d.severity.upper():7} {d.headline()}: {d.message}")
             if d.suggestions:

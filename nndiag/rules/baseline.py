@@ -98,7 +98,7 @@ def at_baseline(view: RunView, t: BaselineThresholds, slack: float = 1.0) -> tup
 
     The window is ``baseline_window`` steps or 1/8 of the run; the medians of the last
     two windows must both lie within ``baseline_tolerance`` (or two standard errors of a window
-    median, for a noisy loss, or of the baseline's own estimate) of the baseline. A loss that only
+    median, for a noisy loss, or one of the baseline's own estimate) of the baseline. A loss that only
     passes the baseline on its way down does not stay there for two windows, nor may it still be
     falling from one window to the next. No verdict when the loss is too noisy to tell
     (``baseline_max_error``). ``slack`` widens the tolerance (the learning-rate rule, which has a
@@ -121,7 +121,7 @@ def at_baseline(view: RunView, t: BaselineThresholds, slack: float = 1.0) -> tup
     error = 2 * math.sqrt(math.pi / 2) * c.noise / math.sqrt(w)
     if error > t.baseline_max_error:
         return None
-    tol = slack * max(t.baseline_tolerance, error, 2 * baseline_error(view))
+    tol = slack * max(t.baseline_tolerance, error, baseline_error(view))
     if abs(recent - base) > tol * base or abs(before - base) > tol * base:
         return None
     if before - recent > max(t.baseline_tolerance / 2, math.sqrt(2) * error) * before:

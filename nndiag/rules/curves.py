@@ -92,8 +92,6 @@ class LossCurve:
         converged: a level at or below which the loss counts as converged (not stalled, not oscillating).
         chance: ln C for a softmax classifier whose step-0 loss is consistent with it, else ``None``;
             its step-0 loss is then a reliable reference.
-        undersmoothed: the noise asks for a longer smoothing window than there are losses: the smoothed
-            curve is not reliable yet (rules that compare it with its own minimum do not decide).
     """
 
     steps: np.ndarray
@@ -105,7 +103,6 @@ class LossCurve:
     first_nonfinite: int | None
     converged: float
     chance: float | None
-    undersmoothed: bool = False
 
 
 def finite_losses(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
@@ -134,7 +131,7 @@ def smooth_curve(
     smooth = pd.Series(values).rolling(w, min_periods=(w + 1) // 2).median().to_numpy()
     start = float(np.median(values[: params.loss_start_steps]))
     converged = max(params.converged_loss, params.converged_frac * start)
-    return LossCurve(steps, values, noise, w, smooth, start, first_bad, converged, chance, need > n)
+    return LossCurve(steps, values, noise, w, smooth, start, first_bad, converged, chance)
 
 
 def median_samples(noise: float, error: float) -> int:
@@ -225,7 +222,7 @@ def divergence(c: LossCurve, params: DivergenceParams) -> Divergence | None:
         high = np.maximum(params.loss_explode, params.diverge_factor * raw_min)
         exploding = (raw_min > 0) & (c.values >= high) & (c.values > c.converged)
     starts: list[tuple[int, bool]] = []
-    i = None if c.undersmoothed else streak_start(climbing)  # too noisy to compare with the minimum yet
+    i = streak_start(climbing)
     if i is not None and len(s) - i >= params.diverge_min_steps:
         starts.append((i, False))
     j = streak_start(exploding)

@@ -119,9 +119,8 @@ def _kind(value: float) -> str:
     explained_by=("lr_too_high", "nonfinite_loss"),
     thresholds=LossThresholds,
     broken=True,
-    summary="smoothed loss ≥ 2x its running minimum for 5+ steps (above the converged level; no verdict while "
-    "the loss is too noisy for a reliable smoothing window), or a raw loss ≥ max(1e3, 2x minimum) at 2 "
-    "consecutive steps",
+    summary="smoothed loss ≥ 2x its running minimum for 5+ steps (above the converged level), or a raw loss ≥ "
+    "max(1e3, 2x minimum) at 2 consecutive steps",
 )
 def loss_diverging(view: RunView, t: LossThresholds) -> list[Diagnosis]:
     """Loss climbing to >= ``diverge_factor`` x its running minimum (smoothed, sustained), or exploding.
