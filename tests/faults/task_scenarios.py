@@ -97,14 +97,6 @@ def task_scenario(
     return register
 
 
-def get(name: str) -> Scenario:
-    """The task scenario called ``name``."""
-    for s in TASK_SCENARIOS:
-        if s.name == name:
-            return s
-    raise KeyError(name)
-
-
 # ---------------------------------------------------------------------------------------------
 # Data (scikit-learn's bundled datasets are read from the installed package; nothing is downloaded)
 # ---------------------------------------------------------------------------------------------
