@@ -673,11 +673,12 @@ def cnn_l1_targets_in_thousands(seed: int) -> RunResult:
 # ---------------------------------------------------------------------------------------------
 
 
-# the loss must first settle at the baseline, then stay there for two 25-step windows
+# the loss must first settle at the baseline (it starts above it), then stay there for two 25-step windows:
+# measured delays 50-140 steps over seeds 0-4 (docs/diagnosis_quality.md)
 @task_scenario(
     expected=("loss_at_baseline",),
     exhibits=all_of(at_baseline(0.9)),
-    max_delay=100,
+    max_delay=150,
 )
 def labels_shuffled_separately(seed: int) -> RunResult:
     """Breast cancer with the features shuffled but not the labels (``x = x[perm]``): nothing to learn."""
@@ -694,7 +695,7 @@ def labels_shuffled_separately(seed: int) -> RunResult:
     family="cnn",
     holdout=True,
     exhibits=all_of(at_baseline(0.9)),
-    max_delay=100,
+    max_delay=150,
 )
 def digits_labels_off_by_shuffle_cnn(seed: int) -> RunResult:
     """Digits CNN whose labels were shuffled on their own (a separate ``random.shuffle(labels)``)."""
