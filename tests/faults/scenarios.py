@@ -105,16 +105,18 @@ def scenario(
     optimizer: str = "SGD",
     holdout: bool = False,
     exhibits: Evidence | None = None,
+    max_delay: int = 50,
+    registry: list[Scenario] | None = None,
 ) -> Callable[[Callable[[int], RunResult]], Callable[[int], RunResult]]:
     """Register ``fn`` as a scenario named after the function; the docstring's first line describes it.
 
     ``exhibits`` checks the recorded statistics for the fault itself (rule-independent); healthy
-    scenarios default to :func:`trains`.
+    scenarios default to :func:`trains`. ``registry``: the list to add it to (default :data:`SCENARIOS`).
     """
 
     def register(fn: Callable[[int], RunResult]) -> Callable[[int], RunResult]:
         doc = (fn.__doc__ or "").strip().splitlines()
-        SCENARIOS.append(
+        (SCENARIOS if registry is None else registry).append(
             Scenario(
                 name=fn.__name__,
                 fn=fn,
@@ -126,6 +128,7 @@ def scenario(
                 healthy=not expected,
                 description=doc[0] if doc else "",
                 exhibits=exhibits or trains(),
+                max_delay=max_delay,
             )
         )
         return fn

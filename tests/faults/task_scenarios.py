@@ -37,6 +37,7 @@ from faults.scenarios import (
     fit_lightning,
     loss_series,
     sampler,
+    scenario,
     stat_rows,
     trains,
 )
@@ -73,28 +74,17 @@ def task_scenario(
     exhibits: Evidence | None = None,
     max_delay: int = 50,
 ) -> Callable[[Callable[[int], RunResult]], Callable[[int], RunResult]]:
-    """Register ``fn`` in :data:`TASK_SCENARIOS` (as :func:`faults.scenarios.scenario` does)."""
-
-    def register(fn: Callable[[int], RunResult]) -> Callable[[int], RunResult]:
-        doc = (fn.__doc__ or "").strip().splitlines()
-        TASK_SCENARIOS.append(
-            Scenario(
-                name=fn.__name__,
-                fn=fn,
-                expected=tuple(expected),
-                onset_step=onset_step,
-                family=family,
-                optimizer=optimizer,
-                holdout=holdout,
-                healthy=not expected,
-                description=doc[0] if doc else "",
-                exhibits=exhibits or trains(),
-                max_delay=max_delay,
-            )
-        )
-        return fn
-
-    return register
+    """Register ``fn`` in :data:`TASK_SCENARIOS` (:func:`faults.scenarios.scenario`; Adam by default)."""
+    return scenario(
+        expected=expected,
+        onset_step=onset_step,
+        family=family,
+        optimizer=optimizer,
+        holdout=holdout,
+        exhibits=exhibits,
+        max_delay=max_delay,
+        registry=TASK_SCENARIOS,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
