@@ -14,6 +14,7 @@ from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.monitor import Monitor
 from nndiag.preflight import PreflightReport, preflight
+from nndiag.remedy import Remedy, RemedyConfig
 from nndiag.rules.config import AdvisorConfig
 from nndiag.store.reader import CorruptRunError, LoadedRun, RunNotFoundError, load_run
 
@@ -26,6 +27,8 @@ __all__ = [
     "Monitor",
     "PreflightReport",
     "RecorderConfig",
+    "Remedy",
+    "RemedyConfig",
     "RunNotFoundError",
     "__version__",
     "load_run",

@@ -24,6 +24,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from nndiag.advisor import Advisor, by_severity
@@ -57,6 +58,8 @@ class AdvisorLoop:
         self._cost = 0.0
         self._packets = 0
         self._logged: set[tuple[str, str | None]] = set()
+        self.forgotten: tuple[tuple[int, int], ...] = ()  # step ranges the rules no longer see (rolled back)
+        self.checked_step = -1  # the last step the latest check saw
 
     @property
     def diagnoses(self) -> list[Diagnosis]:
@@ -67,6 +70,15 @@ class AdvisorLoop:
         """A resumed run's open diagnoses: tracked (and already logged before the checkpoint)."""
         self.advisor.restore(diagnoses)
         self._logged.update((d.code, d.layer) for d in diagnoses)
+
+    def forget(self, first: int, last: int) -> None:
+        """Hide steps ``first..last`` from the rules from now on (a rolled-back stretch, a skipped batch).
+
+        The run store and ``history`` keep them; only the advisors' view drops them, so that what
+        was undone no longer holds as a diagnosis (it resolves at the next check).
+        """
+        if last >= first:
+            self.forgotten = (*self.forgotten, (first, last))
 
     def due(self, urgent: bool = False) -> bool:
         """Whether a check is due after one more logging packet.
@@ -87,7 +99,16 @@ class AdvisorLoop:
         """Check now; return the diagnoses that are new, updated or resolved (``finished``: the final check)."""
         start = time.monotonic()
         self._packets = 0
+        forgotten = self.forgotten
+        if forgotten and len(history):
+            steps = history.step.to_numpy()
+            drop = np.zeros(len(steps), dtype=bool)
+            for first, last in forgotten:
+                drop |= (steps >= first) & (steps <= last)
+            history = history[~drop]
+        seen = int(history.step.max()) if len(history) else -1
         changed = self.advisor.check(RunView(history, self.with_extra(facts), finished))
+        self.checked_step = seen  # after the check: a reader of both sees diagnoses at least this fresh
         self._last = time.monotonic()
         self._cost = self._last - start
         if self.log:

@@ -47,6 +47,11 @@ BROKEN_CODES: tuple[str, ...] = broken_codes()
 _CAUSE_RANK = {code: i for i, code in enumerate(CAUSE_ORDER)}
 
 
+def _is_record(code: str) -> bool:
+    spec = RULES.get(code)
+    return spec is not None and spec.record
+
+
 def fails(diagnoses: Iterable[Diagnosis], level: str | None) -> bool:
     """Whether an open (unresolved) diagnosis is at least as severe as ``level`` (``--fail-on``).
 
@@ -97,7 +102,7 @@ class Advisor:
         """What holds now, by (code, layer), after suppressing explained symptoms."""
         found: dict[tuple[str, str | None], Diagnosis] = {}
         for r in self.rules:
-            if not r.applies(view):
+            if r.record or not r.applies(view):
                 continue
             for d in self.guard.run(f"rule {r.code}", r.fn, view, self.config.thresholds(r.thresholds)) or []:
                 if d.code != r.code or d.severity not in r.severities:
@@ -135,7 +140,7 @@ class Advisor:
                 changed.append(new)
             for key, i in self._index.items():
                 old = self.diagnoses[i]
-                if key not in now and not old.resolved:
+                if key not in now and not old.resolved and not _is_record(old.code):
                     self.diagnoses[i] = replace(old, resolved=True)
                     changed.append(self.diagnoses[i])
         return changed
@@ -156,6 +161,23 @@ class Advisor:
                     continue
                 self._index[key] = len(self.diagnoses)
                 self.diagnoses.append(d)
+
+    def record(self, diagnosis: Diagnosis) -> None:
+        """Add or replace (by code and layer) a diagnosis that nndiag itself made (a ``record`` code).
+
+        Example:
+            >>> adv = Advisor(rules=[])
+            >>> adv.record(Diagnosis("remedied", "info", 9, None, "rolled back")); len(adv.diagnoses)
+            1
+        """
+        with self._lock:
+            key = (diagnosis.code, diagnosis.layer)
+            i = self._index.get(key)
+            if i is None:
+                self._index[key] = len(self.diagnoses)
+                self.diagnoses.append(diagnosis)
+            else:
+                self.diagnoses[i] = diagnosis
 
     def replay(self, history: pd.DataFrame, facts: dict[str, Any], checks: int = 40) -> list[Diagnosis]:
         """Diagnose a finished run as training would have: check at up to ``checks`` logging steps.

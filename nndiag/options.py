@@ -31,6 +31,7 @@ from typing import Any
 from nndiag.advice import AdvisorLoop
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import DIAGNOSIS_CODES
+from nndiag.remedy.config import RemedyConfig, RemedyLike, remedy_config
 from nndiag.rules.config import AdvisorConfig
 from nndiag.schedule import Schedule, resolve_schedule
 
@@ -126,6 +127,7 @@ class DiagnosticsOptions:
         advisor_config: the advisors' thresholds.
         num_classes: classes of a softmax classifier (``None``: inferred from the model).
         halt_on: diagnosis codes that stop training cleanly.
+        remedy: what nndiag may do to rescue a diverging run (``None``: nothing; docs/remedy.md).
     """
 
     schedule: Schedule = None  # None: every step for the first 20, every 10th until 200, then every 50th
@@ -134,6 +136,7 @@ class DiagnosticsOptions:
     advisor_config: AdvisorConfig = field(default_factory=AdvisorConfig)  # the default thresholds
     num_classes: int | None = None  # inferred from the last linear layer when omitted
     halt_on: tuple[str, ...] = ()  # no diagnosis stops training unless asked
+    remedy: RemedyConfig | None = None  # nndiag never acts on a run unless asked
 
     def __post_init__(self) -> None:
         resolve_schedule(self.schedule)
@@ -148,6 +151,10 @@ class DiagnosticsOptions:
         halt_codes(self.halt_on)
         if self.halt_on and not self.diagnose:
             raise ValueError("halt_on needs the advisors: do not combine it with diagnose=False.")
+        if self.remedy is not None and not isinstance(self.remedy, RemedyConfig):
+            raise TypeError(f"remedy must be an nndiag RemedyConfig or None, got {type(self.remedy).__name__}.")
+        if self.remedy is not None and not self.diagnose:
+            raise ValueError("remedy needs the advisors: do not combine it with diagnose=False.")
 
     @classmethod
     def build(
@@ -159,6 +166,7 @@ class DiagnosticsOptions:
         advisor_config: AdvisorConfigLike = None,
         num_classes: int | None = None,
         halt_on: Iterable[str] | str = (),
+        remedy: RemedyLike = None,
         **recorder_options: Any,
     ) -> DiagnosticsOptions:
         """Options from the adapters' keyword arguments; ``recorder_options`` override ``config``'s fields."""
@@ -172,6 +180,7 @@ class DiagnosticsOptions:
             advisor_config=advisor_config_of(advisor_config),
             num_classes=num_classes,
             halt_on=codes,
+            remedy=remedy_config(remedy),
         )
 
     @property

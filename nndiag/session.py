@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from nndiag.advice import AdvisorLoop
+from nndiag.advisor import by_severity
 from nndiag.collect.distributed import combiner_for
 from nndiag.collect.packet import Packet
 from nndiag.collect.recorder import Recorder
@@ -245,6 +246,28 @@ class Session:
     def halting_locally(self, codes: tuple[str, ...]) -> bool:
         """Whether an open diagnosis in ``codes`` holds on this rank (rank 0's vote to halt)."""
         return any(d.code in codes and not d.resolved for d in self.diagnoses)
+
+    def publish(self, diagnosis: Diagnosis) -> None:
+        """Add a diagnosis nndiag itself made (a record code such as ``remedied``) to the run's diagnoses.
+
+        It is handled on the writer thread, in order with the packets: it joins :attr:`diagnoses` (the
+        summary, the resume state) and goes to the run store and TensorBoard as the advisors' do.
+        Where no advisors run (``diagnose=False``, ranks other than 0) nothing happens.
+        """
+        if self.advice is not None and not self.closed:
+            self.pipeline.submit(("callback", lambda: self.guard.run("publish diagnosis", self._publish, diagnosis)))
+
+    def _publish(self, diagnosis: Diagnosis) -> None:
+        assert self.advice is not None
+        self.advice.advisor.record(diagnosis)
+        ordered = by_severity(self.advice.diagnoses)
+        for sub in self.pipeline.subscribers:
+            sub.on_diagnoses(diagnosis.last_step or diagnosis.step, [diagnosis], ordered)
+
+    def forget(self, first: int, last: int) -> None:
+        """Hide steps ``first..last`` from the advisors (rolled back or skipped); the store keeps them."""
+        if self.advice is not None:
+            self.advice.forget(first, last)
 
     def record(self, stat: str, value: float, layer: str = "") -> None:
         """Record a host-side value (e.g. ``val_loss``) at the current optimizer step."""

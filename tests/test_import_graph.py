@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, bool, tuple[str, ...]]] = [
     ),
     ("stats", False, ("nndiag.stats",)),
     ("core", False, ("nndiag.collect", "nndiag.store", "nndiag.sinks", "nndiag.rules", "nndiag.render")),
-    ("advising", True, ("nndiag.advisor", "nndiag.advice", "nndiag.options")),
+    ("advising", True, ("nndiag.advisor", "nndiag.advice", "nndiag.options", "nndiag.remedy")),
     ("pipeline", True, ("nndiag.subscribers", "nndiag.pipeline")),
     ("session", False, ("nndiag.session",)),
     ("after the run, before it, between runs", False, ("nndiag.report", "nndiag.preflight", "nndiag.sweep")),

@@ -47,6 +47,7 @@ from nndiag.integrations.lightning_trainer import (
 )
 from nndiag.log import get_logger
 from nndiag.options import AdvisorConfigLike, DiagnosticsOptions, clean_hparams
+from nndiag.remedy import Remedy, RemedyLike, RemedyRunner
 from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule
@@ -92,6 +93,8 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
     num_classes: classes of a softmax classifier (for ``initial_loss_off``; inferred when omitted).
     halt_on: diagnosis codes that stop training cleanly (like EarlyStopping), e.g.
         ``("nonfinite_loss", "loss_diverging")``; the reason is in ``stop_reason`` and the log.
+    remedy: ``True`` or a :class:`~nndiag.RemedyConfig`: on divergence roll back to a good state and cut
+        the learning rate, skip NaN/Inf batches; what it did is in ``remedies`` (docs/remedy.md). Off by default.
     preflight: run :func:`nndiag.preflight` on the first training batch when training starts (rank 0):
         the per-layer table and what the initialised network already shows, logged on the ``nndiag``
         logger, the report in ``preflight_report``. ``True``, or a dict of options (``loss_fn``,
@@ -126,6 +129,7 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
         num_classes: int | None = None,
         halt_on: Iterable[str] | str = (),
         preflight: bool | Mapping[str, Any] = False,
+        remedy: RemedyLike = None,
         **options: Any,
     ) -> None:
         # validated now: a clear error at construction, not when training starts
@@ -136,8 +140,11 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
             advisor_config=advisor_config,
             num_classes=num_classes,
             halt_on=halt_on,
+            remedy=remedy,
             **options,
         )
+        self.remedy: RemedyRunner | None = None  # the running fit's remedy (with ``remedy``)
+        self._remedy_state: dict[str, Any] | None = None  # from a checkpoint, for the next fit
         if not isinstance(preflight, (bool, Mapping)):
             raise TypeError(
                 f"preflight must be True/False or a dict of nndiag.preflight options (loss_fn, num_classes, overfit, "
@@ -163,6 +170,11 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
     def history(self) -> pd.DataFrame:
         """Recorded statistics: long-format DataFrame with columns step, layer, stat, value."""
         return self._empty.frame() if self.session is None else self.session.history
+
+    @property
+    def remedies(self) -> list[Remedy]:
+        """What the remedy did (rollbacks, skipped batches, a halt), in order; empty without ``remedy``."""
+        return [] if self.remedy is None else list(self.remedy.remedies)
 
     @property
     def log_dir(self) -> str | None:
@@ -211,6 +223,12 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
             "precision": str(getattr(trainer, "precision", "")),
             "hparams": clean_hparams(getattr(pl_module, "hparams", None)),
         }
+        self.remedy = None
+        if self.options.remedy is not None:  # its step hooks go first: the recorder sees the lr the step used
+            self.remedy = RemedyRunner(self.options.remedy, pl_module, trainer.optimizers, self.guard)
+            self.remedy.attach()
+            if self._remedy_state is not None:
+                self.remedy.load_state_dict(self._remedy_state)
         self.session = Session(
             pl_module,
             trainer.optimizers,
@@ -225,7 +243,10 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
         )
         self.stop_reason = None
         self._resume = None
+        self._remedy_state = None
         self.diagnoses = self.session.diagnoses
+        if self.remedy is not None:
+            self.remedy.bind(self.session)
 
     def _preflight(self, trainer: Any, pl_module: Any) -> Any:
         """Before the first recorded step (its forward pass must not become step 0 of the run)."""
@@ -264,6 +285,8 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
 
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self.remedy is not None and self.remedy.check_grads(optimizer):
+            return  # a NaN/Inf batch: its gradients were dropped, the step changes nothing
         if self.session is not None:
             self.guard.run("gradient statistics", self.session.capture_grads, optimizer)
 
@@ -275,7 +298,13 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
     def _end_batch(self, trainer: Any, pl_module: Any, outputs: Any) -> None:
         assert self.session is not None
         loss = self.guard.run("loss", user_loss, trainer, pl_module, outputs)  # a failure here must not lose the step
-        self.session.end_batch(loss)
+        remedy = self.remedy
+        self.session.end_batch(None if remedy is not None and remedy.skipping else loss)
+        if remedy is not None:
+            remedy.after_batch()  # every rank, at the same steps (a broadcast under DDP)
+            if remedy.stop_reason is not None and self.stop_reason is None:
+                self.stop_reason = remedy.stop_reason
+                trainer.should_stop = True
         if self.halt_on and self.stop_reason is None:
             self.guard.run("halt_on", self._maybe_halt, trainer)
 
@@ -323,6 +352,8 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
             self.__dict__.pop(name, None)
 
     def _close(self, status: str) -> None:
+        if self.remedy is not None:
+            self.guard.run("callback close", self.remedy.close)
         if self.session is not None and not self.session.closed:
             self._previous = (str(self.session.log_dir), self.session.step)
             self.guard.run("callback close", self.session.close, status)
@@ -332,14 +363,20 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
     def state_dict(self) -> dict[str, Any]:
         """The step reached, the run directory and the open diagnoses (saved in Lightning checkpoints)."""
         if self.session is None:
-            return (self._resume or ResumeState()).to_state_dict()
-        return self.session.resume_state().to_state_dict()
+            state = (self._resume or ResumeState()).to_state_dict()
+        else:
+            state = self.session.resume_state().to_state_dict()
+        if self.remedy is not None or self._remedy_state is not None:
+            state["remedy"] = self.remedy.state_dict() if self.remedy is not None else self._remedy_state
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore on ``fit(ckpt_path=...)``: numbering, open diagnoses, and the run store continues the run."""
         try:
             self._resume = ResumeState.from_state_dict(state_dict)
+            remedy = state_dict.get("remedy")
+            self._remedy_state = dict(remedy) if isinstance(remedy, Mapping) else None
         except ValueError as exc:
             warnings.warn(
                 f"nndiag: ignoring an unreadable callback state in the checkpoint: {exc}.",

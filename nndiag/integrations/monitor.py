@@ -45,6 +45,7 @@ from nndiag.collect.optimizers import hookable_or_fallback, unwrap_module, unwra
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.options import AdvisorConfigLike, DiagnosticsOptions, clean_hparams
+from nndiag.remedy import Remedy, RemedyLike, RemedyRunner
 from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule
@@ -73,6 +74,8 @@ class Monitor:
             with ``halt_on``, check ``mon.should_stop`` in the loop.
         resume: a :meth:`state_dict` saved with a checkpoint: numbering, open diagnoses and (when its
             directory still exists) the run store continue from it.
+        remedy: ``True`` or a :class:`~nndiag.RemedyConfig`: roll back to a good state and cut the learning
+            rate when the run diverges, skip NaN/Inf batches (docs/remedy.md); check ``mon.should_stop``.
         hparams: the run's hyperparameters (``{"lr": 3e-4, "batch_size": 64}``), kept in the run
             store (``load_run(...).meta["hparams"]``) for ``nndiag sweep`` and the report.
 
@@ -90,6 +93,7 @@ class Monitor:
         advisor_config: AdvisorConfigLike = None,
         num_classes: int | None = None,
         halt_on: Iterable[str] | str = (),
+        remedy: RemedyLike = None,
         hparams: Mapping[str, Any] | None = None,
         resume: Mapping[str, Any] | None = None,
         **options: Any,
@@ -115,6 +119,7 @@ class Monitor:
             advisor_config=advisor_config,
             num_classes=num_classes,
             halt_on=halt_on,
+            remedy=remedy,
             **options,
         )
         self.halt_on = self.options.halt_on
@@ -129,6 +134,12 @@ class Monitor:
         if log_dir is not None and writes_here():
             continued = state.continued_dir() if state is not None else None
             run_dir = continued if continued is not None else next_version_dir(log_dir)
+        self.remedy: RemedyRunner | None = None
+        if self.options.remedy is not None:  # its step hooks go first: the recorder sees the lr the step used
+            self.remedy = RemedyRunner(self.options.remedy, model, optimizers)
+            self.remedy.attach()
+            if isinstance(resume, Mapping) and isinstance(resume.get("remedy"), Mapping):
+                self.remedy.load_state_dict(dict(resume["remedy"]))
         self.session = Session(
             model,
             optimizers,
@@ -138,6 +149,8 @@ class Monitor:
             options=self.options,
             on_close=[write_after_run],
         )
+        if self.remedy is not None:
+            self.remedy.bind(self.session)
         self.session.begin_batch()
 
     def step(self, loss: torch.Tensor | float | None = None, *, target: torch.Tensor | None = None) -> None:
@@ -148,7 +161,11 @@ class Monitor:
         autograd graph. ``target=y`` (optional) lets nndiag check the task: targets against the
         output activation and the loss, target scale, the loss of a constant prediction.
         """
+        if self.remedy is not None and self.remedy.skipping:
+            loss = None  # a skipped NaN/Inf batch made no update: its loss is not the run's
         self.session.end_batch(loss, target)
+        if self.remedy is not None:
+            self.remedy.after_batch()
         self.session.begin_batch()
 
     def record(self, stat: str, value: float) -> None:
@@ -177,13 +194,20 @@ class Monitor:
         return None if self.session.log_dir is None else str(self.session.log_dir)
 
     @property
+    def remedies(self) -> list[Remedy]:
+        """What the remedy did (rollbacks, skipped batches, a halt), in order; empty without ``remedy``."""
+        return [] if self.remedy is None else list(self.remedy.remedies)
+
+    @property
     def should_stop(self) -> bool:
-        """True once a diagnosis listed in ``halt_on`` holds: ``if mon.should_stop: break``."""
+        """True once a diagnosis listed in ``halt_on`` holds, or the remedy gave up: ``if mon.should_stop: break``."""
         return self.stop_reason is not None
 
     @property
     def stop_reason(self) -> str | None:
-        """Why ``should_stop`` is True (the first ``halt_on`` diagnosis), else ``None``."""
+        """Why ``should_stop`` is True (the remedy's reason, or the first ``halt_on`` diagnosis), else ``None``."""
+        if self.remedy is not None and self.remedy.stop_reason is not None:
+            return self.remedy.stop_reason
         hit = self.session.halting(self.halt_on) if self.halt_on else None
         return None if hit is None else f"nndiag: {hit.code} at step {hit.step}: {hit.message}"
 
@@ -196,12 +220,17 @@ class Monitor:
         """Save this with your checkpoint; ``Monitor(..., resume=state)`` continues the run from it.
 
         Holds the optimizer steps counted (the schedule's position), the run directory and the open
-        diagnoses, as plain data (``torch.save`` / JSON friendly).
+        diagnoses, as plain data (``torch.save`` / JSON friendly); with ``remedy``, its state too.
         """
-        return self.session.resume_state().to_state_dict()
+        state = self.session.resume_state().to_state_dict()
+        if self.remedy is not None:
+            state["remedy"] = self.remedy.state_dict()
+        return state
 
     def close(self, status: str = "finished") -> None:
         """Flush everything and remove all hooks (idempotent; ``with`` does it for you)."""
+        if self.remedy is not None:
+            self.remedy.close()
         self.session.close(status)
 
     def __enter__(self) -> Monitor:

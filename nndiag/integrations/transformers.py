@@ -60,6 +60,7 @@ from nndiag.integrations import hf_run
 from nndiag.integrations.hf_loss import StepLoss
 from nndiag.log import get_logger
 from nndiag.options import AdvisorConfigLike, DiagnosticsOptions
+from nndiag.remedy import Remedy, RemedyLike, RemedyRunner
 from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule
@@ -95,6 +96,8 @@ class NndiagCallback(TrainerCallback, ExportableState):
             process; the model is called as ``model(input_ids)`` / ``model(pixel_values)``). ``True``
             or a dict of options (``loss_fn``, ``overfit``, ...). Default off.
         val_loss_key: the evaluation metric recorded as ``val_loss`` (default ``eval_loss``).
+        remedy: ``True`` or a :class:`~nndiag.RemedyConfig`: roll back and cool down on divergence, skip
+            NaN/Inf batches (docs/remedy.md); what it did is in ``remedies``. Off by default.
 
     Attributes:
         history: pandas DataFrame (step, layer, stat, value).
@@ -121,6 +124,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
         halt_on: Iterable[str] | str = (),
         preflight: bool | Mapping[str, Any] = False,
         val_loss_key: str = "eval_loss",
+        remedy: RemedyLike = None,
         **options: Any,
     ) -> None:
         # validated now: a clear error at construction, not when training starts
@@ -131,8 +135,11 @@ class NndiagCallback(TrainerCallback, ExportableState):
             advisor_config=advisor_config,
             num_classes=num_classes,
             halt_on=halt_on,
+            remedy=remedy,
             **options,
         )
+        self.remedy: RemedyRunner | None = None
+        self._remedy_state: dict[str, Any] | None = None
         if not isinstance(preflight, (bool, Mapping)):
             raise TypeError(f"preflight must be True/False or a dict of nndiag.preflight options, got {preflight!r}.")
         self.schedule = schedule
@@ -150,6 +157,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
             "halt_on": list(self.halt_on),
             "preflight": preflight,
             "val_loss_key": val_loss_key,
+            "remedy": None if self.options.remedy is None else self.options.remedy.to_dict(),
             **options,
         }
         self.guard = ErrorGuard()
@@ -192,9 +200,16 @@ class NndiagCallback(TrainerCallback, ExportableState):
         if self.preflight is not False and main:
             self.preflight_report = self.guard.run("preflight", self._preflight, model, kwargs)
         log_dir = hf_run.run_dir(self._log_dir, args, resume) if main else None
+        optimizers = [hookable_or_fallback(optimizer)]
+        self.remedy = None
+        if self.options.remedy is not None:  # its step hooks go first: the recorder sees the lr the step used
+            self.remedy = RemedyRunner(self.options.remedy, model, optimizers, self.guard)
+            self.remedy.attach()
+            if self._remedy_state is not None:
+                self.remedy.load_state_dict(self._remedy_state)
         self.session = Session(
             model,
-            [hookable_or_fallback(optimizer)],
+            optimizers,
             log_dir,
             meta=hf_run.run_meta(args, model),
             resume=resume,
@@ -203,8 +218,11 @@ class NndiagCallback(TrainerCallback, ExportableState):
             on_close=[write_after_run],
         )
         self._resume = None
+        self._remedy_state = None
         self.stop_reason = None
         self.diagnoses = self.session.diagnoses
+        if self.remedy is not None:
+            self.remedy.bind(self.session)
         self._loss.watch(trainer, model)
 
     def _preflight(self, model: Any, kwargs: dict[str, Any]) -> Any:
@@ -242,7 +260,14 @@ class NndiagCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.session is None:
             return
-        self.guard.run("batch end", self.session.end_batch, self._loss.take())
+        loss = self._loss.take()
+        remedy = self.remedy
+        self.guard.run("batch end", self.session.end_batch, None if remedy is not None and remedy.skipping else loss)
+        if remedy is not None:
+            remedy.after_batch()  # every process, at the same steps (a broadcast when distributed)
+            if remedy.stop_reason is not None and self.stop_reason is None:
+                self.stop_reason = remedy.stop_reason
+                control.should_training_stop = True
         if self.halt_on and self.stop_reason is None:
             hit = self.guard.run("halt_on", self.session.halting, self.halt_on)
             if hit is not None:
@@ -259,8 +284,15 @@ class NndiagCallback(TrainerCallback, ExportableState):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._finish("finished")
 
+    @property
+    def remedies(self) -> list[Remedy]:
+        """What the remedy did (rollbacks, skipped batches, a halt), in order; empty without ``remedy``."""
+        return [] if self.remedy is None else list(self.remedy.remedies)
+
     def _finish(self, status: str) -> None:
         self.guard.run("callback close", self._loss.unwatch)
+        if self.remedy is not None:
+            self.guard.run("callback close", self.remedy.close)
         if self.session is not None and not self.session.closed:
             self.guard.run("callback close", self.session.close, status)
 
@@ -268,7 +300,10 @@ class NndiagCallback(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         """What ``trainer_state.json`` keeps: the JSON-safe options and the resume state."""
         resume = self.session.resume_state() if self.session is not None else (self._resume or ResumeState())
-        saved = hf_run.jsonable(resume.to_state_dict())
+        saved = resume.to_state_dict()
+        if self.remedy is not None or self._remedy_state is not None:
+            saved["remedy"] = self.remedy.state_dict() if self.remedy is not None else self._remedy_state
+        saved = hf_run.jsonable(saved)
         return {"args": hf_run.json_safe_args(self._init_args), "attributes": {hf_run.STATE_KEY: saved}}
 
     @property
@@ -279,6 +314,8 @@ class NndiagCallback(TrainerCallback, ExportableState):
     @nndiag_resume.setter
     def nndiag_resume(self, value: Any) -> None:
         self._resume = hf_run.parse_state(value)
+        remedy = value.get("remedy") if isinstance(value, Mapping) else None
+        self._remedy_state = dict(remedy) if isinstance(remedy, Mapping) else None
 
     # -- the wrong trainer: a Lightning Trainer reads ``state_key`` and calls ``setup`` first --
     @property

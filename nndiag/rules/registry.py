@@ -12,7 +12,9 @@ A rule is a pure function ``(RunView, thresholds) -> list[Diagnosis]``, register
   :class:`~nndiag.AdvisorConfig` is composed from all of them;
 * ``broken``: whether the code means "this run is broken" (the Optuna pruner and the sweep
   treat such runs as failed);
-* ``summary``: one line for the code table in ``docs/rules.md``.
+* ``summary``: one line for the code table in ``docs/rules.md``;
+* ``record``: the code is a record of something nndiag did (``remedied``), published by nndiag
+  itself, never evaluated or resolved by the advisors (its function is never called).
 
 Everything else is derived from here: ``DIAGNOSIS_CODES``, ``CAUSE_ORDER``, ``EXPLAINED_BY``,
 ``BROKEN_CODES`` and the documentation table. Adding a rule is one decorated function in one
@@ -70,6 +72,7 @@ class Rule:
     thresholds: type = NoThresholds
     broken: bool = False
     summary: str = ""
+    record: bool = False
 
     def applies(self, view: RunView) -> bool:
         """Whether every required statistic was recorded."""
@@ -94,6 +97,7 @@ def rule(
     thresholds: type = NoThresholds,
     broken: bool = False,
     summary: str = "",
+    record: bool = False,
 ) -> Callable[[RuleFn], RuleFn]:
     """Register ``fn`` as the rule that owns ``code``.
 
@@ -110,7 +114,7 @@ def rule(
     def register(fn: RuleFn) -> RuleFn:
         if code in RULES:
             raise ValueError(f"rule {code!r} registered twice")
-        spec = Rule(code, names, fn, severities, float(rank), tuple(explained_by), thresholds, broken, summary)
+        spec = Rule(code, names, fn, severities, float(rank), tuple(explained_by), thresholds, broken, summary, record)
         _check_thresholds(spec, RULES.values())
         RULES[code] = spec
         CODE_REGISTRY[code] = spec.rank
