@@ -113,6 +113,7 @@ def test_a_run_that_diverges_after_every_attempt_halts_with_the_reason() -> None
         if step >= 80:
             for g in opt.param_groups:
                 g["lr"] = 1e4  # the user's code insists: every rollback's cut is undone
+
     out = run(RemedyConfig(keep_every=25, confirm_steps=5, max_attempts=2), before=always_too_high)
     actions = [r.action for r in out["remedies"] if r.action != "skip"]
     assert actions == ["rollback", "rollback", "halt"], out["remedies"]
