@@ -13,7 +13,7 @@ from nndiag._version import __version__
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.integrations.monitor import Monitor
-from nndiag.preflight import PreflightReport, preflight
+from nndiag.preflight import NoiseScaleProbe, PreflightReport, batch_size_probe, preflight
 from nndiag.remedy import Remedy, RemedyConfig
 from nndiag.rules.config import AdvisorConfig
 from nndiag.store.reader import CorruptRunError, LoadedRun, RunNotFoundError, load_run
@@ -25,12 +25,14 @@ __all__ = [
     "DiagnosticsCallback",
     "LoadedRun",
     "Monitor",
+    "NoiseScaleProbe",
     "PreflightReport",
     "RecorderConfig",
     "Remedy",
     "RemedyConfig",
     "RunNotFoundError",
     "__version__",
+    "batch_size_probe",
     "load_run",
     "preflight",
 ]

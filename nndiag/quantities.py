@@ -47,6 +47,13 @@ OUTPUT_STD: Final = "output_std"
 OUTPUT_MIN: Final = "output_min"
 OUTPUT_MAX: Final = "output_max"
 OUTPUT_SPREAD: Final = "output_spread"
+GRAD_NOISE_SCALE: Final = "grad_noise_scale"
+GNS_GRAD_SQ: Final = "gns_grad_sq"
+GNS_TRACE: Final = "gns_trace"
+GNS_SMALL_SQ: Final = "gns_small_sq"
+GNS_BIG_SQ: Final = "gns_big_sq"
+GNS_SMALL_BATCH: Final = "gns_small_batch"
+BATCH_SIZE: Final = "batch_size"
 
 # The layer name of the model input's statistics, and of run-wide statistics.
 INPUT_LAYER: Final = "input"
@@ -125,6 +132,20 @@ QUANTITIES: Final[dict[str, Quantity]] = {
             "model output spread across samples",
             "output units",
         ),
+        # the gradient noise scale (McCandlish et al. 2018; nndiag/collect/noise_scale.py, docs/noise_scale.md)
+        Quantity(
+            GRAD_NOISE_SCALE,
+            "run",
+            "_gns_s / _gns_g: EMA of gns_trace over EMA of gns_grad_sq (B_simple)",
+            "gradient noise scale",
+            "samples",
+        ),
+        Quantity(GNS_GRAD_SQ, "run", "(B_b |G_b|² - B_s |G_s|²) / (B_b - B_s)", "squared true gradient |G|²", ""),
+        Quantity(GNS_TRACE, "run", "(|G_s|² - |G_b|²) / (1/B_s - 1/B_b)", "gradient noise tr(Σ)", "per sample"),
+        Quantity(GNS_SMALL_SQ, "run", "mean squared norm of micro-batch (per-rank) gradients", "|G_small|²", ""),
+        Quantity(GNS_BIG_SQ, "run", "squared norm of the step's (accumulated, all-reduced) gradient", "|G_big|²", ""),
+        Quantity(GNS_SMALL_BATCH, "run", "samples of one forward pass on one rank (B_s)", "small batch", "samples"),
+        Quantity(BATCH_SIZE, "run", "samples per optimizer step: ranks x micro-batches x B_s", "batch size", "samples"),
     )
 }
 
@@ -134,6 +155,7 @@ PARAMETER_STATS: Final = (GRAD_NORM, WEIGHT_NORM, UPDATE_RATIO)
 KEY_STATS: Final = ACTIVATION_STATS + PARAMETER_STATS
 FRACTION_STATS: Final = (DEAD_FRAC, SAT_FRAC)
 OUTPUT_STATS: Final = (OUTPUT_MEAN, OUTPUT_STD, OUTPUT_MIN, OUTPUT_MAX, OUTPUT_SPREAD)
+NOISE_SCALE_STATS: Final = (GRAD_NOISE_SCALE, GNS_GRAD_SQ, GNS_TRACE, GNS_SMALL_SQ, GNS_BIG_SQ, GNS_SMALL_BATCH)
 
 
 def spec(name: str) -> Quantity:
@@ -149,14 +171,22 @@ __all__ = [
     "ACT_HIST",
     "ACT_MEAN",
     "ACT_STD",
+    "BATCH_SIZE",
     "DEAD_FRAC",
     "FRACTION_STATS",
+    "GNS_BIG_SQ",
+    "GNS_GRAD_SQ",
+    "GNS_SMALL_BATCH",
+    "GNS_SMALL_SQ",
+    "GNS_TRACE",
+    "GRAD_NOISE_SCALE",
     "GRAD_NORM",
     "GRAD_NORM_TOTAL",
     "INPUT_LAYER",
     "KEY_STATS",
     "LOSS",
     "LR",
+    "NOISE_SCALE_STATS",
     "NONFINITE",
     "OUTPUT_MAX",
     "OUTPUT_MEAN",

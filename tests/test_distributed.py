@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nndiag.quantities import OUTPUT_STATS
+from nndiag.quantities import NOISE_SCALE_STATS, OUTPUT_STATS
 from nndiag.store.reader import load_run
 
 SCRIPT = Path(__file__).parent / "dist" / "train.py"
@@ -61,10 +61,12 @@ def compare(single: pd.DataFrame, multi: pd.DataFrame) -> pd.DataFrame:
     """Row-by-row comparison; every (step, layer, stat) must exist in both.
 
     The model output statistics (``output_*``) are not combined across ranks yet (docs/distributed.md):
-    a distributed run does not record them, so they are left out of the comparison.
+    a distributed run does not record them, so they are left out of the comparison. The gradient noise
+    scale needs two batch sizes (ranks): only the distributed run has it (tests/test_noise_scale_dist.py).
     """
     assert not multi.stat.isin(OUTPUT_STATS).any()
     single = single[~single.stat.isin(OUTPUT_STATS)]
+    multi = multi[~multi.stat.isin(NOISE_SCALE_STATS)]
     merged = single.merge(multi, on=["step", "layer", "stat"], how="outer", suffixes=("_one", "_many"))
     missing = merged[merged.value_one.isna() != merged.value_many.isna()]
     assert missing.empty, f"rows in one run only:\n{missing.head(20)}"

@@ -14,6 +14,7 @@ from nndiag.preflight.api import preflight
 from nndiag.preflight.checks import PREFLIGHT_CODES
 from nndiag.preflight.lightning import preflight_at_fit_start
 from nndiag.preflight.lr_range import LRFindConfig, LRFindResult, find_lr
+from nndiag.preflight.noise_scale import NoiseScaleProbe, batch_size_probe
 from nndiag.preflight.overfit import OverfitConfig, OverfitResult, check_overfit
 from nndiag.preflight.report import PreflightReport
 
@@ -21,9 +22,11 @@ __all__ = [
     "PREFLIGHT_CODES",
     "LRFindConfig",
     "LRFindResult",
+    "NoiseScaleProbe",
     "OverfitConfig",
     "OverfitResult",
     "PreflightReport",
+    "batch_size_probe",
     "check_overfit",
     "find_lr",
     "preflight",

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -44,8 +44,10 @@ from nndiag.preflight.checks import forward_diagnoses
 from nndiag.preflight.forward import forward_pass
 from nndiag.preflight.loss import LossFn, classes_of, is_classification_loss
 from nndiag.preflight.lr_range import LRFindConfig, LRFindResult, find_lr
+from nndiag.preflight.noise_scale import NoiseScaleProbe, batch_size_probe
 from nndiag.preflight.overfit import OverfitConfig, OverfitResult, check_overfit
 from nndiag.preflight.report import PreflightReport
+from nndiag.rules.batch_size import BatchSizeThresholds
 
 
 def preflight(
@@ -57,6 +59,7 @@ def preflight(
     overfit: bool | OverfitConfig = True,
     lr_find: bool | LRFindConfig = False,
     advisor_config: AdvisorConfigLike = None,
+    noise_scale: Iterable[Any] | None = None,
 ) -> PreflightReport:
     """Check an untrained model on one batch before training (see the module docstring).
 
@@ -74,6 +77,8 @@ def preflight(
         lr_find: run Lightning's learning-rate range test on a copy of the model (needs Lightning,
             ``loss_fn`` and targets; a few seconds), or its settings.
         advisor_config: rule thresholds (an :class:`~nndiag.AdvisorConfig`, a dict or a TOML/JSON path).
+        noise_scale: a loader (any iterable of batches): measure the gradient noise scale on its first
+            8 batches with :func:`~nndiag.batch_size_probe` (needs ``loss_fn``; about 8 training steps).
 
     Raises:
         TypeError: when ``model`` is not an ``nn.Module``.
@@ -115,6 +120,12 @@ def preflight(
                 lr_result = find_lr(model, (x, y), loss_fn=loss_fn, config=settings_lr)
             else:
                 notes.append("learning-rate test skipped: it needs loss_fn and a batch with targets.")
+    probe: NoiseScaleProbe | None = None
+    if noise_scale is not None:
+        if loss_fn is None:
+            notes.append("batch-size probe skipped: it needs loss_fn.")
+        else:
+            probe = batch_size_probe(model, noise_scale, loss_fn, thresholds=cfg.thresholds(BatchSizeThresholds))
     mean, std = _input_stats(fwd.history)
     return PreflightReport(
         table=fwd.table,
@@ -128,6 +139,7 @@ def preflight(
         lr_find=lr_result,
         notes=notes,
         model_class=type(model).__name__,
+        noise_scale=probe,
     )
 
 

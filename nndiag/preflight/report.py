@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -26,6 +26,9 @@ from nndiag.jsonable import clean
 from nndiag.preflight.lr_range import LRFindResult
 from nndiag.preflight.overfit import OverfitResult
 from nndiag.render.page import esc
+
+if TYPE_CHECKING:
+    from nndiag.preflight.noise_scale import NoiseScaleProbe
 
 
 @dataclass
@@ -44,6 +47,7 @@ class PreflightReport:
         overfit: the overfit-one-batch result, or ``None`` when it did not run (see ``notes``).
         lr_find: the learning-rate range test result, or ``None`` when it did not run.
         notes: checks that were skipped, and why.
+        noise_scale: the batch-size probe's result (``preflight(..., noise_scale=loader)``), or ``None``.
         model_class: class name of the model.
     """
 
@@ -57,6 +61,7 @@ class PreflightReport:
     overfit: OverfitResult | None = None
     lr_find: LRFindResult | None = None
     notes: list[str] = field(default_factory=list)
+    noise_scale: NoiseScaleProbe | None = None
     model_class: str = ""
 
     @property
@@ -97,6 +102,7 @@ class PreflightReport:
                 "overfit": asdict(self.overfit) if self.overfit is not None else None,
                 "lr_find": asdict(self.lr_find) if self.lr_find is not None else None,
                 "notes": list(self.notes),
+                "noise_scale": self.noise_scale.to_dict() if self.noise_scale is not None else None,
             }
         )
 
@@ -116,6 +122,8 @@ class PreflightReport:
             lines.append(f"overfit one batch: {'passed' if self.overfit.passed else 'FAILED'}: {self.overfit.message}")
         if self.lr_find is not None:
             lines.append(f"learning rate: {self.lr_find.message}")
+        if self.noise_scale is not None:
+            lines.append(f"batch size: {self.noise_scale.message}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -164,6 +172,8 @@ class PreflightReport:
             parts.append(f"<p>overfit one batch: <b>{state}</b>: {esc(self.overfit.message)}</p>")
         if self.lr_find is not None:
             parts.append(f"<p>learning rate: {esc(self.lr_find.message)}</p>")
+        if self.noise_scale is not None:
+            parts.append(f"<p>batch size: {esc(self.noise_scale.message)}</p>")
         parts += [f"<p><i>note: {esc(n)}</i></p>" for n in self.notes]
         return "<div>" + "".join(parts) + "</div>"
 

@@ -70,6 +70,22 @@ def loss_figure(
     return fig
 
 
+def noise_scale_figure(steps: np.ndarray, noise: np.ndarray, batch_steps: np.ndarray, batch: np.ndarray) -> Any:
+    """The gradient noise scale (EMA estimate) and the batch per optimizer step, both in samples, log y."""
+    fig = new_figure(9.5, 3.2)
+    ax = fig.add_subplot()
+    ok = np.isfinite(noise) & (noise > 0)
+    ax.plot(steps[ok], noise[ok], color="#1f5fa8", lw=1.6, label="gradient noise scale B_noise")
+    if len(batch):
+        ax.plot(batch_steps, batch, color="#d46b08", lw=1.6, ls="--", label="batch size (per optimizer step)")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("samples")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return fig
+
+
 def _tick_labels(ax: Any, names: list[str]) -> None:
     stride = max(1, int(np.ceil(len(names) / MAX_TICK_LABELS)))
     idx = np.arange(0, len(names), stride)

@@ -1,8 +1,8 @@
 """Which pictures a run's report holds, as deferred drawing tasks (so rendering can show progress).
 
-Order: loss; heatmaps of ``act_std``, ``dead_frac``, ``sat_frac``, ``update_ratio``; gradient
-norm by depth; activation std by depth. A picture whose data the run lacks draws ``None`` and
-is left out of the page.
+Order: loss; batch size vs gradient noise scale (where recorded); heatmaps of ``act_std``,
+``dead_frac``, ``sat_frac``, ``update_ratio``; gradient norm by depth; activation std by depth. A
+picture whose data the run lacks draws ``None`` and is left out of the page.
 """
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ class Picture:
 def pictures(report: RunReport) -> list[Picture]:
     """The report's pictures in page order."""
     out = [Picture(Q.LOSS, "Loss", "training loss, its trend, and the validation loss", lambda: _loss(report))]
+    out.append(
+        Picture(
+            Q.GRAD_NOISE_SCALE,
+            "Batch size vs gradient noise scale",
+            "B_noise = tr(Σ)/|G|² from two batch sizes (DDP ranks or accumulation; docs/noise_scale.md): a batch far "
+            "below it spends its steps on noise, far above it its compute",
+            lambda: _noise_scale(report),
+        )
+    )
     for stat, (title, caption) in HEATMAP_TITLES.items():
         out.append(Picture(stat, title, caption, _heatmap(report, stat, title)))
     out.append(
@@ -78,6 +87,16 @@ def _loss(report: RunReport) -> Any:
         val.index.to_numpy() if len(val) else None,
         val.to_numpy(dtype=np.float64) if len(val) else None,
         report.overview.get("first_nonfinite_loss_step"),
+    )
+
+
+def _noise_scale(report: RunReport) -> Any:
+    noise = report.series(Q.GRAD_NOISE_SCALE)
+    if noise.empty:
+        return None
+    batch = report.series(Q.BATCH_SIZE)
+    return figures.noise_scale_figure(
+        noise.index.to_numpy(), noise.to_numpy(dtype=np.float64), batch.index.to_numpy(), batch.to_numpy(np.float64)
     )
 
 

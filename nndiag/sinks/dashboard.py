@@ -3,7 +3,8 @@
 TensorBoard's *Custom Scalars* tab shows it with no manual step. Categories:
 
 * ``nndiag: loss & learning rate``: training and validation loss; learning rates; global
-  gradient norm.
+  gradient norm; the batch size (samples per optimizer step) and the gradient noise scale on one
+  chart (the noise scale where two batch sizes exist: DDP ranks, gradient accumulation).
 * ``nndiag: update ratio (target 1e-3)``: all parameters on one chart, then one *Margin* chart
   per parameter whose shaded band is the healthy range ``UPDATE_BAND`` (1e-4 .. 1e-2, a decade
   either side of the lecture's 1e-3; the band is logged as the run-wide scalars
@@ -50,6 +51,11 @@ def layout(layers: list[str], params: list[str]) -> Layout:
         "loss": ["Multiline", [rf"^{Q.tag_for(Q.LOSS)}$", rf"^{Q.tag_for(Q.VAL_LOSS)}$"]],
         "learning rate": ["Multiline", [rf"^{Q.tag_for(Q.LR)}/.*"]],
         "global gradient norm": ["Multiline", [rf"^{Q.tag_for(Q.GRAD_NORM_TOTAL)}$"]],
+        # the batch per optimizer step against the gradient noise scale (samples, both; docs/noise_scale.md)
+        "batch size vs gradient noise scale": [
+            "Multiline",
+            [rf"^{Q.tag_for(Q.BATCH_SIZE)}$", rf"^{Q.tag_for(Q.GRAD_NOISE_SCALE)}$"],
+        ],
     }
     ratio: dict[str, list[Any]] = {"all parameters": ["Multiline", [rf"^{Q.tag_for(Q.UPDATE_RATIO)}/.*"]]}
     if len(params) <= MAX_PER_ITEM_CHARTS:
