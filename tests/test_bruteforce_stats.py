@@ -289,8 +289,10 @@ def reference_run(
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     expected: dict[Key, float] = {}
     torch.manual_seed(seed)
+    ema: tuple[float, float] | None = None  # the gradient noise scale's EMAs (docs/noise_scale.md)
     for step in range(len(batches) // accumulate):
         losses = []
+        micro_sq = 0.0  # sum over micro-batches of their own gradients' squared norms
         for j in range(accumulate):
             if eval_batch is not None:
                 eval_pass(model, loss_of, eval_batch)
@@ -298,7 +300,11 @@ def reference_run(
                 ref.arm()
             loss = loss_of(model, batches[step * accumulate + j])
             ref.disarm()
+            old = [p.grad.detach().double().clone() if p.grad is not None else None for _, p in params]
             loss.backward()
+            for (_, p), o in zip(params, old, strict=True):
+                if p.grad is not None:
+                    micro_sq += float(((p.grad.double() - o) if o is not None else p.grad.double()).square().sum())
             losses.append(loss.item())
         if clip is not None and not grads_before_clip:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -318,6 +324,18 @@ def reference_run(
             expected[(step, n, "update_ratio")] = delta / norm0 if norm0 > 0 else math.nan
         expected[(step, "", "loss")] = sum(losses) / len(losses)
         expected[(step, "", "grad_norm_total")] = math.sqrt(sum(g * g for g in grads.values()))
+        b = float(batches[step * accumulate][0].shape[0])
+        expected[(step, "", "batch_size")] = accumulate * b
+        if accumulate > 1:  # two batch sizes: the micro-batch and the step (the loss is taken as divided by k)
+            small, big = accumulate * micro_sq, sum(g * g for g in grads.values())
+            g2 = (accumulate * b * big - b * small) / (accumulate * b - b)
+            trace = (small - big) / (1 / b - 1 / (accumulate * b))
+            ema = (trace, g2) if ema is None else (ema[0] * 19 / 21 + trace * 2 / 21, ema[1] * 19 / 21 + g2 * 2 / 21)
+            expected.update({(step, "", "gns_small_sq"): small, (step, "", "gns_big_sq"): big})
+            expected.update({(step, "", "gns_grad_sq"): g2, (step, "", "gns_trace"): trace})
+            expected[(step, "", "gns_small_batch")] = b
+            if ema[0] > 0 and ema[1] > 0:
+                expected[(step, "", "grad_noise_scale")] = ema[0] / ema[1]
         for layer, lr in lr_layers([opt]).items():
             expected[(step, layer, "lr")] = lr
     ref.remove()
@@ -366,7 +384,7 @@ def records(history: Any) -> dict[Key, float]:
 # Comparison
 # --------------------------------------------------------------------------------------
 
-EXACT = ("nonfinite", "dead_frac", "sat_frac", "lr")
+EXACT = ("nonfinite", "dead_frac", "sat_frac", "lr", "batch_size", "gns_small_batch")
 NORMS = ("grad_norm", "weight_norm", "update_ratio", "grad_norm_total")
 
 
@@ -380,6 +398,11 @@ def tolerance(key: Key, expected: dict[Key, float]) -> float:
         return 1e-5 * abs(value) + 1e-12
     if st == "loss":
         return 1e-6 * abs(value) + 1e-7
+    if st == "grad_noise_scale":
+        return 1e-3 * abs(value)
+    if st.startswith("gns_"):  # float32 norms; the estimates are differences of them
+        small, big = expected[(step, layer, "gns_small_sq")], expected[(step, layer, "gns_big_sq")]
+        return 1e-4 * abs(value) + 1e-5 * (small + big) * expected[(step, layer, "batch_size")] + 1e-12
     if st.startswith("output_"):  # float32 two-pass reductions of the model output
         scale = math.hypot(expected[(step, layer, "output_mean")], expected[(step, layer, "output_std")])
         return 1e-5 * scale + 1e-6 * abs(value) + 1e-12
