@@ -63,7 +63,8 @@ class NoiseScaleCollector:
     def __init__(self, named: Sequence[tuple[str, nn.Parameter]], span: int = EMA_SPAN) -> None:
         self.params = [p for _, p in named]
         self.alpha = 2.0 / (span + 1)
-        self.broken = any(is_dtensor(p) for p in self.params)  # sharded (FSDP2): local norms are of shards
+        # sharded parameters (FSDP2 DTensors, FSDP1 flat parameters): the step's norms are of shards, not measured
+        self.broken = any(is_dtensor(p) or type(p).__name__ == "FlatParameter" for p in self.params)
         self.useful: bool | None = None  # None until the first pack shows whether two batch sizes exist
         self._handles: list[Any] = []
         self._ema: tuple[torch.Tensor, torch.Tensor] | None = None
