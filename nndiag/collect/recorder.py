@@ -48,6 +48,7 @@ from nndiag import quantities as Q
 from nndiag.collect.activations import ActivationCollector
 from nndiag.collect.distributed import Combined, LocalCombiner, RankCombiner, StepPayload
 from nndiag.collect.facts import build_model_facts, initial_weight_facts, module_facts
+from nndiag.collect.noise_scale import NoiseScaleCollector
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
 from nndiag.collect.task_probe import TaskProbe
@@ -82,6 +83,7 @@ class Recorder:
         self.acts = ActivationCollector(model, self.guard, self.config.histograms, self.config.histogram_bins)
         self.params = ParamCollector(model, self.config.update_ratio, self.config.update_ratio_samples)
         self.task = TaskProbe(self.guard)  # targets, model output, loss kind (logging steps)
+        self.noise = NoiseScaleCollector(self.params.named)  # gradient noise scale (logging steps)
         self.acts.observer = self.task
         self.step = start_step
         self._handles: list[Any] = []
@@ -131,6 +133,7 @@ class Recorder:
         self.acts.detach()
         self.task.release()
         self.params.release()
+        self.noise.release()
         self.model = None
         self.optimizers = []
         self._micro_losses = []
@@ -145,6 +148,7 @@ class Recorder:
             self.acts.arm()
         if self._logging:
             self.task.arm()
+            self.noise.arm()
 
     def capture_grads(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Record gradient norms now (of ``optimizer``'s parameters, or all), on logging steps."""
@@ -194,6 +198,7 @@ class Recorder:
         if not stepped:
             if self._grads_captured:  # gradients were final but the step was skipped (AMP overflow)
                 self.params.reset()
+                self.noise.reset()
                 self._grads_captured = False
                 # the skipped batches belong to no step: drop their loss and activations
                 self._micro_losses = []
@@ -209,6 +214,7 @@ class Recorder:
         self.acts.reset()
         self.task.release()
         self.params.reset()
+        self.noise.reset()
         self.step += 1
         self._step_lrs = {}
         self._stepped = False
@@ -298,11 +304,14 @@ class Recorder:
         """This rank's statistics of the current logging step (on the device; nothing sent yet)."""
         # each part is its own site: a failing part costs only its own statistics
         acts = self.guard.run("activation packing", self.acts.pack) or ([], [], [])
+        gns = self.guard.run(  # before params.pack, which resets the gradient norms it reads
+            "noise scale", self.noise.pack, self.params.grad_norms, self.acts.facts.batch_size
+        ) or ([], [], [])
         pars = self.guard.run("parameter statistics", self.params.pack) or ([], [])
         task = ([], []) if self.combiner.distributed else self.guard.run("task packing", self.task.pack) or ([], [])
-        keys = acts[0] + pars[0] + task[0]
-        scalars = acts[1] + pars[1] + task[1]
-        extras = acts[2]
+        keys = acts[0] + pars[0] + task[0] + gns[0]
+        scalars = acts[1] + pars[1] + task[1] + gns[1]
+        extras = acts[2] + gns[2]
         for k, opt in enumerate(self.optimizers):
             used = self._step_lrs.get(id(opt))
             for j, group in enumerate(opt.param_groups):

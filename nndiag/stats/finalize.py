@@ -59,6 +59,8 @@ def finalize_layer(raw: dict[str, float]) -> dict[str, float]:
         base = raw.get("_wbs", raw["_wb"])  # sampled mode: ratio on the sampled elements
         if "_delta" in raw:
             out[Q.UPDATE_RATIO] = raw["_delta"] / base if base > 0 else math.nan
+    if raw.get("_gns_s", 0.0) > 0 and raw.get("_gns_g", 0.0) > 0:  # run-wide: gradient noise scale (B_simple)
+        out[Q.GRAD_NOISE_SCALE] = raw["_gns_s"] / raw["_gns_g"]
     return out
 
 
