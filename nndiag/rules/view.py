@@ -22,6 +22,7 @@ import math
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from nndiag import quantities as Q
@@ -40,6 +41,7 @@ class RunView:
         self.facts = ModelFacts.from_dict(facts)
         self._by_stat = {stat: frame for stat, frame in history.groupby("stat", sort=False)} if len(history) else {}
         self._matrices: dict[str, pd.DataFrame] = {}
+        self._series: dict[str, dict[str, pd.Series]] = {}
 
     @cached_property
     def last_step(self) -> int:
@@ -51,12 +53,22 @@ class RunView:
         return stat in self._by_stat
 
     def series(self, stat: str, layer: str = "") -> pd.Series:
-        """Values of one statistic of one layer, indexed by step (run-wide stats: layer ``""``)."""
-        frame = self._by_stat.get(stat)
-        if frame is None:
-            return pd.Series(dtype=float)
-        sel = frame[frame.layer == layer]
-        return pd.Series(sel.value.to_numpy(), index=sel.step.to_numpy(), dtype=float).sort_index()
+        """Values of one statistic of one layer, indexed by step (run-wide stats: layer ``""``).
+
+        Cached per view (the rules only read it): each statistic is split by layer once per check.
+        """
+        by_layer = self._series.get(stat)
+        if by_layer is None:
+            frame = self._by_stat.get(stat)
+            by_layer = {}
+            if frame is not None:
+                for name, sel in frame.groupby("layer", sort=False):
+                    steps = sel.step.to_numpy()
+                    order = np.argsort(steps, kind="stable")
+                    by_layer[str(name)] = pd.Series(sel.value.to_numpy()[order], index=steps[order], dtype=float)
+            self._series[stat] = by_layer
+        found = by_layer.get(layer)
+        return pd.Series(dtype=float) if found is None else found
 
     def matrix(self, stat: str) -> pd.DataFrame:
         """Steps x layers matrix of one statistic; columns in forward order where known."""

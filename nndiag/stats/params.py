@@ -26,6 +26,8 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0)
     device = tensors[0].device
+    if all(t.device == device for t in tensors):  # the usual case: one fused call, one stack
+        return torch.stack(torch._foreach_norm([as_float(t) for t in tensors])).float()
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
