@@ -207,6 +207,13 @@ class Session:
         """See :meth:`Recorder.capture_grads`."""
         self.recorder.capture_grads(optimizer)
 
+    def drop_step_loss(self) -> None:
+        """Forget the losses kept for the optimizer step in progress (the remedy skipped it: no update came of it).
+
+        Gradient accumulation: the micro-batches before the step already gave their losses (one was NaN/Inf).
+        """
+        self.recorder._micro_losses = []
+
     def end_batch(self, loss: Any = None, target: Any = None) -> None:
         """See :meth:`Recorder.end_batch`."""
         if self.halt_on and self.combiner.distributed:  # rank 0's vote travels with the next exchange

@@ -299,7 +299,7 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
         assert self.session is not None
         loss = self.guard.run("loss", user_loss, trainer, pl_module, outputs)  # a failure here must not lose the step
         remedy = self.remedy
-        self.session.end_batch(None if remedy is not None and remedy.skipping else loss)
+        self.session.end_batch(loss if remedy is None else remedy.batch_loss(loss))
         if remedy is not None:
             remedy.after_batch()  # every rank, at the same steps (a broadcast under DDP)
             if remedy.stop_reason is not None and self.stop_reason is None:

@@ -161,8 +161,8 @@ class Monitor:
         autograd graph. ``target=y`` (optional) lets nndiag check the task: targets against the
         output activation and the loss, target scale, the loss of a constant prediction.
         """
-        if self.remedy is not None and self.remedy.skipping:
-            loss = None  # a skipped NaN/Inf batch made no update: its loss is not the run's
+        if self.remedy is not None:
+            loss = self.remedy.batch_loss(loss)  # a skipped NaN/Inf step made no update: its loss is not the run's
         self.session.end_batch(loss, target)
         if self.remedy is not None:
             self.remedy.after_batch()

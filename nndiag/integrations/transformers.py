@@ -262,7 +262,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
             return
         loss = self._loss.take()
         remedy = self.remedy
-        self.guard.run("batch end", self.session.end_batch, None if remedy is not None and remedy.skipping else loss)
+        self.guard.run("batch end", self.session.end_batch, loss if remedy is None else remedy.batch_loss(loss))
         if remedy is not None:
             remedy.after_batch()  # every process, at the same steps (a broadcast when distributed)
             if remedy.stop_reason is not None and self.stop_reason is None:

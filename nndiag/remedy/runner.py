@@ -6,7 +6,7 @@ The adapters call it in a few places (see docs/remedy.md):
   nndiag records the learning rate the step used), then ``bind(session)``;
 * Lightning only: ``check_grads(optimizer)`` in ``on_before_optimizer_step`` (plain loops and Hugging
   Face are checked by the optimizer's step pre-hook);
-* ``skipping`` before ``session.end_batch(loss)`` (the loss of a skipped batch is not recorded), then
+* ``batch_loss(loss)`` for ``session.end_batch`` (the loss of a skipped step is not recorded), then
   ``after_batch()``; ``stop_reason`` once the attempts ran out.
 
 Decisions are made after each optimizer step (under ``torch.distributed`` every ``sync_every`` steps,
@@ -53,6 +53,8 @@ class SessionLike(Protocol):
     def step(self) -> int: ...
 
     def forget(self, first: int, last: int) -> None: ...
+
+    def drop_step_loss(self) -> None: ...
 
     def publish(self, diagnosis: Diagnosis) -> None: ...
 
@@ -105,6 +107,18 @@ class RemedyRunner:
     def skipping(self) -> bool:
         """Whether the batch in progress was skipped (its loss is not recorded)."""
         return self.hooks._skipping
+
+    def batch_loss(self, loss: Any) -> Any:
+        """The loss to record for the batch ending now: ``loss``, or ``None`` if its step was skipped.
+
+        A skipped step made no update: its loss is not the run's, nor are the losses its earlier
+        micro-batches (gradient accumulation) gave before the step (one of them was NaN/Inf).
+        """
+        if not self.hooks._skipping:
+            return loss
+        if self.session is not None:
+            self.guard.run("remedy skip", self.session.drop_step_loss)
+        return None
 
     def check_grads(self, optimizer: Any) -> bool:
         """Skip ``optimizer``'s coming step if its gradients hold NaN/Inf (Lightning, closure-driven steps)."""
