@@ -21,8 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from nndiag.rules.config import AdvisorConfig
 from nndiag.rules.view import RunView
 
 _LEVEL = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
+CHECK_SWITCH_INTERVAL = 0.0002  # seconds: the interpreter's switch interval while a check runs (see fine_switching)
 COST_FACTOR = 100  # a check that cost c seconds of CPU is followed by at least 100*c without checks
 YIELD_SECONDS = 0.0005  # the pause between two rules (see _yield)
 
@@ -112,7 +116,8 @@ class AdvisorLoop:
                 drop |= (steps >= first) & (steps <= last)
             history = history[~drop]
         seen = int(history.step.max()) if len(history) else -1
-        changed = self.advisor.check(RunView(history, self.with_extra(facts), finished))
+        with fine_switching():
+            changed = self.advisor.check(RunView(history, self.with_extra(facts), finished))
         self.checked_step = seen  # after the check: a reader of both sees diagnoses at least this fresh
         self._last = time.monotonic()
         self._cost = time.thread_time() - start
@@ -158,3 +163,33 @@ def _yield() -> None:
     whole check (~20 ms) would land on one step as a stall. A short sleep releases the lock at once.
     """
     time.sleep(YIELD_SECONDS)
+
+
+@contextlib.contextmanager
+def fine_switching(interval: float = CHECK_SWITCH_INTERVAL) -> Iterator[None]:
+    """Shorten the interpreter's switch interval while the block runs (the previous one is restored).
+
+    A check is ~20-50 ms of Python on the writer thread. The training thread gives up the
+    interpreter lock in every tensor operation and, to get it back, waits until the writer is
+    asked to hand it over: after the switch interval, 5 ms by default. Over a whole check that made
+    one training step wait tens to hundreds of milliseconds; at 0.2 ms the two threads alternate
+    finely and the check's cost spreads thinly over the steps it overlaps.
+
+    Example:
+        >>> import sys
+        >>> before = sys.getswitchinterval()
+        >>> with fine_switching(0.001):
+        ...     round(sys.getswitchinterval(), 6)
+        0.001
+        >>> sys.getswitchinterval() == before
+        True
+    """
+    previous = sys.getswitchinterval()
+    if previous <= interval:  # someone chose a finer one already: keep it
+        yield
+        return
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)

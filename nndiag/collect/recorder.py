@@ -48,6 +48,7 @@ from nndiag import quantities as Q
 from nndiag.collect.activations import ActivationCollector
 from nndiag.collect.distributed import Combined, LocalCombiner, RankCombiner, StepPayload
 from nndiag.collect.facts import build_model_facts, initial_weight_facts, module_facts
+from nndiag.collect.lrs import lr_copy, lr_entries, step_closure
 from nndiag.collect.noise_scale import NoiseScaleCollector
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
@@ -56,6 +57,8 @@ from nndiag.config import RecorderConfig
 from nndiag.facts import InitFacts, ModelFacts
 from nndiag.guard import ErrorGuard
 from nndiag.schedule import Schedule, resolve_schedule
+
+KEEP_COPY_GAP = 10  # steps: a logging step at most this far ahead keeps the weight copy
 
 
 class Recorder:
@@ -159,8 +162,8 @@ class Recorder:
 
     def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._logging and not self.closed:
-            self._step_lrs.setdefault(id(optimizer), [_lr_copy(g.get("lr")) for g in optimizer.param_groups])
-            if _step_closure(optimizer, args, kwargs) is None:  # with a closure, backward runs inside step(): too early
+            self._step_lrs.setdefault(id(optimizer), [lr_copy(g.get("lr")) for g in optimizer.param_groups])
+            if step_closure(optimizer, args, kwargs) is None:  # with a closure, backward runs inside step(): too early
                 self.guard.run(
                     "gradient statistics",
                     self.params.capture_grads,
@@ -170,7 +173,7 @@ class Recorder:
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
-        if self._logging and not self.closed and _step_closure(optimizer, args, kwargs) is not None:
+        if self._logging and not self.closed and step_closure(optimizer, args, kwargs) is not None:
             # closure-driven step: gradients not captured after the closure (Lightning's
             # on_before_optimizer_step) are read now, as the closure computed them
             self.guard.run(
@@ -259,10 +262,18 @@ class Recorder:
                 # site is switched off) the losses of all later steps
                 self.guard.run("step statistics", self._send_logging_step)
                 self._flush_losses()  # no-op when the logging packet carried the losses
-            if not self.guard.run("schedule", self.should_log, self.step + 1):
-                self.params.release_buffer()  # the weight copy lives only through runs of logging steps
+            if not self.guard.run("schedule", self._logging_soon):
+                self.params.release_buffer()  # the weight copy is kept only while logging steps are close
         elif not self.combiner.distributed and len(self._pending_losses) >= self.config.max_pending_losses:
             self._flush_losses()
+
+    def _logging_soon(self) -> bool:
+        """Whether one of the next ``KEEP_COPY_GAP`` steps logs (then the weight copy is kept for it).
+
+        A fresh copy costs page faults (~1 ms per 5 MB on CPU); a kept one, memory between logging
+        steps. The default schedule keeps it through step 200 (every 10th step) and frees it after.
+        """
+        return any(self.should_log(self.step + k) for k in range(1, KEEP_COPY_GAP + 1))
 
     def _exchange(self) -> None:
         """Distributed: combine this rank's statistics with the others' (every rank, same steps).
@@ -312,19 +323,10 @@ class Recorder:
         keys = acts[0] + pars[0] + task[0] + gns[0]
         scalars = acts[1] + pars[1] + task[1] + gns[1]
         extras = acts[2] + gns[2]
-        for k, opt in enumerate(self.optimizers):
-            used = self._step_lrs.get(id(opt))
-            for j, group in enumerate(opt.param_groups):
-                # the learning rate the step used (read before it ran: a scheduler may have stepped since)
-                lr = used[j] if used is not None and j < len(used) else group.get("lr")
-                name = (
-                    f"optimizer{k}.group{j}" if len(self.optimizers) > 1 or len(opt.param_groups) > 1 else "optimizer"
-                )
-                if isinstance(lr, torch.Tensor):
-                    keys.append((name, Q.LR))
-                    scalars.append(lr.detach())
-                elif lr is not None:
-                    extras.append((name, Q.LR, float(lr)))
+        lr_keys, lr_values, lr_extras = lr_entries(self.optimizers, self._step_lrs)
+        keys += lr_keys
+        scalars += lr_values
+        extras += lr_extras
         hist_keys: list[tuple[str, str]] = []
         hists: list[torch.Tensor] = []
         if self.config.histograms:
@@ -382,15 +384,3 @@ class Recorder:
         if task:
             facts.extra["task"] = task
         return facts
-
-
-def _lr_copy(lr: Any) -> Any:
-    """A learning rate as it is now (tensor learning rates are updated in place by schedulers)."""
-    return lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
-
-
-def _step_closure(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-    """The closure passed to ``optimizer.step`` (Lightning always passes one), else ``None``."""
-    positional = [a for a in args if a is not optimizer]  # the step hooks' args start with the optimizer
-    closure = kwargs.get("closure", positional[0] if positional else None)
-    return closure if callable(closure) else None
