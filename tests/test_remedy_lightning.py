@@ -16,7 +16,16 @@ from nndiag import RemedyConfig
 PACKAGES = [p for p in ("lightning.pytorch", "pytorch_lightning") if importlib.util.find_spec(p.split(".")[0])]
 
 
-def fit(package: str, remedy: Any, spike_at: int | None = None, nan_at: int | None = None) -> tuple[Any, float]:
+def fit(
+    package: str,
+    remedy: Any,
+    spike_at: int | None = None,
+    nan_at: int | None = None,
+    accumulate: int = 1,
+    precision: str | None = None,
+    epochs: int = 3,
+) -> tuple[Any, float]:
+    """``epochs`` epochs of 64 optimizer steps (``accumulate`` micro-batches each, 32 samples per step)."""
     L = importlib.import_module(package)
     from nndiag import DiagnosticsCallback
 
@@ -25,7 +34,7 @@ def fit(package: str, remedy: Any, spike_at: int | None = None, nan_at: int | No
     x = torch.randn(2048, 8)
     y = x @ w + 0.1 * torch.randn(2048, 1)
     if nan_at is not None:
-        x[nan_at * 32] = float("nan")  # one sample of batch ``nan_at`` (no shuffling)
+        x[nan_at * 32] = float("nan")  # one sample of step ``nan_at``'s (first micro-)batch (no shuffling)
 
     class Module(L.LightningModule):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
@@ -33,7 +42,7 @@ def fit(package: str, remedy: Any, spike_at: int | None = None, nan_at: int | No
             self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            if spike_at is not None and self.global_step == spike_at and batch_idx == spike_at:
+            if spike_at is not None and self.global_step == spike_at and batch_idx == spike_at * accumulate:
                 for g in self.optimizers().param_groups:
                     g["lr"] *= 100
             xb, yb = batch
@@ -42,14 +51,16 @@ def fit(package: str, remedy: Any, spike_at: int | None = None, nan_at: int | No
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32 // accumulate)
     cb = DiagnosticsCallback(schedule=1, store=False, tensorboard=False, report=False, remedy=remedy)
     module = Module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = L.Trainer(
             callbacks=[cb],
-            max_epochs=3,
+            max_epochs=epochs,
+            accumulate_grad_batches=accumulate,
+            **({"precision": precision} if precision else {}),
             accelerator="cpu",
             logger=False,
             enable_progress_bar=False,
@@ -80,3 +91,33 @@ def test_lightning_nan_batch_skipped(package: str) -> None:
     assert [(r.action, r.step) for r in cb.remedies] == [("skip", 40), ("skip", 104), ("skip", 168)]
     assert math.isfinite(final)
     assert "nonfinite_loss" not in {d.code for d in cb.diagnoses}
+
+
+ACCUMULATE_OR_BF16 = [
+    pytest.param({"accumulate": 4, "epochs": 1}, id="accumulate4"),  # 256 micro-batches
+    pytest.param({"precision": "bf16-mixed", "epochs": 1}, id="bf16"),  # CPU autocast; fp16 needs CUDA's GradScaler
+]
+
+
+@pytest.mark.parametrize("kw", ACCUMULATE_OR_BF16)
+def test_lightning_accumulation_and_bf16_spike_rolled_back(kw: dict[str, Any]) -> None:
+    cb, final = fit(PACKAGES[0], RemedyConfig(keep_every=10, confirm_steps=5), spike_at=30, **kw)
+    rollbacks = [r for r in cb.remedies if r.action == "rollback"]
+    assert rollbacks and rollbacks[0].good_step <= 31 and rollbacks[0].step > 30, cb.remedies
+    # one epoch: ~20 steps at the cut lr after the rollback (the first loss is ~8, the spike alone gives NaN)
+    assert math.isfinite(final) and final < 1.0, final
+    assert cb.stop_reason is None
+
+
+@pytest.mark.parametrize("kw", ACCUMULATE_OR_BF16)
+def test_lightning_accumulation_and_bf16_nan_batch_skipped(kw: dict[str, Any]) -> None:
+    """Accumulation: the NaN sample is in the first of the step's 4 micro-batches; its loss was given to nndiag
+    before the step, and is dropped with the step (no ``nonfinite_loss``)."""
+    cb, final = fit(PACKAGES[0], True, nan_at=40, **kw)
+    assert [(r.action, r.step) for r in cb.remedies] == [("skip", 40), ("skip", 104), ("skip", 168)][
+        : kw.get("epochs", 3)
+    ]
+    assert math.isfinite(final)
+    assert "nonfinite_loss" not in {d.code for d in cb.diagnoses}
+    h = cb.history
+    assert h[h.stat == "loss"].value.notna().all()
