@@ -156,6 +156,27 @@ def test_a_run_that_diverges_after_every_attempt_halts_with_the_reason() -> None
     assert out["steps"] < STEPS
 
 
+def test_attempts_restart_after_a_long_healthy_stretch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One attempt allowed; two spikes far apart: each is a fresh divergence, rolled back, no halt.
+
+    The restart needs a good state confirmed after the first rollback, i.e. advisor checks after it: in a
+    run of a second the CPU budget of the checks (``COST_FACTOR``) would allow none, so it is lifted here.
+    """
+    monkeypatch.setattr("nndiag.advice.COST_FACTOR", 0.0)  # a check every 20 logging steps
+
+    def two_spikes(step: int, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+        if step in (30, 170):
+            for g in opt.param_groups:
+                g["lr"] *= 100
+
+    cfg = RemedyConfig(keep_every=10, confirm_steps=5, max_attempts=1)  # restart after 100 healthy steps
+    out = run(cfg, before=two_spikes)
+    rollbacks = [r for r in out["remedies"] if r.action == "rollback"]
+    assert [r.attempt for r in rollbacks] == [1, 1], out["remedies"]
+    assert rollbacks[0].step < 170 < rollbacks[1].step
+    assert out["stop_reason"] is None and out["finite"]
+
+
 def test_resume_keeps_the_remedy_state() -> None:
     first = run(FAST, before=lr_spike(100), steps=160)
     saved = first["state"]["remedy"]

@@ -42,7 +42,8 @@ class RemedyConfig:
         skip_nonfinite: skip (no update from) an optimizer step whose gradients hold NaN/Inf, i.e. a
             batch whose input or loss is NaN/Inf; costs one device reduction and one host sync per step.
         skip_limit: that many skipped steps in a row count as a divergence (rollback).
-        max_attempts: rollbacks before the run is halted with the reason.
+        max_attempts: rollbacks before the run is halted with the reason; the count restarts after
+            ``10 * keep_every`` healthy steps since the last rollback with a good state confirmed in them.
         keep_every: optimizer steps between good-state copies.
         confirm_steps: a copy becomes *the* good state once the advisors checked this many steps past it
             and found none of ``on`` holding.

@@ -38,6 +38,9 @@ from nndiag.remedy.keeper import GoodState, StateKeeper
 from nndiag.remedy.records import Remedy, remedied_diagnosis
 
 NONE, ROLLBACK, HALT = 0, 1, 2
+HEALTHY_RESET = (
+    10  # keep_every's: after this long a healthy stretch (and a good state confirmed in it), attempts restart
+)
 # (action, pending copy to promote, take a copy, pending copy to roll back to); -1: none / the good copy
 Plan = tuple[int, int, bool, int]
 
@@ -224,6 +227,14 @@ class RemedyRunner:
             return
         if promote >= 0:
             self.keeper.promote(promote)
+        good = self.keeper.good
+        if (
+            self.attempts
+            and step - self.acted_step >= HEALTHY_RESET * self.config.keep_every
+            and good is not None
+            and good.step > self.acted_step
+        ):
+            self.attempts = 0  # a long healthy stretch since the last rollback: a later divergence is a fresh one
         if take:
             self.keeper.take(step, self.hooks.factor)
             self._last_take = step
