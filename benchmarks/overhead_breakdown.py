@@ -31,6 +31,7 @@ from overhead import MODELS, Batches, Classifier, StepTimer
 from nndiag import DiagnosticsCallback
 from nndiag.advice import AdvisorLoop
 from nndiag.collect.activations import ActivationCollector
+from nndiag.collect.noise_scale import NoiseScaleCollector
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
 from nndiag.collect.recorder import Recorder
@@ -62,6 +63,10 @@ PARTS: list[tuple[str, type, str]] = [
     ("train", TaskProbe, "note_target"),
     ("train", TaskProbe, "facts_update"),
     ("train", Recorder, "_keep_loss"),
+    ("train", Recorder, "_send_logging_step"),
+    ("train", Recorder, "_take_losses"),
+    ("train", Recorder, "_logging_soon"),
+    ("train", NoiseScaleCollector, "pack"),
     ("train", Recorder, "_finish_step"),
     ("train", Recorder, "_pre_step_hook"),
     ("train", Recorder, "_post_step_hook"),

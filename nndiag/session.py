@@ -212,7 +212,7 @@ class Session:
 
         Gradient accumulation: the micro-batches before the step already gave their losses (one was NaN/Inf).
         """
-        self.recorder._micro_losses = []
+        self.recorder.drop_step_loss()
 
     def end_batch(self, loss: Any = None, target: Any = None) -> None:
         """See :meth:`Recorder.end_batch`."""

@@ -231,6 +231,10 @@ class Recorder:
         if loss is not None:
             self.guard.run("task loss", self.task.note_loss, loss)
 
+    def drop_step_loss(self) -> None:
+        """Forget the losses kept for the optimizer step in progress (it was skipped: nothing came of it)."""
+        self._micro_losses = []
+
     # -- internals -------------------------------------------------------------------
     def _keep_loss(self, loss: Any) -> None:
         if isinstance(loss, torch.Tensor):
