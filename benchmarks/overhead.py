@@ -13,13 +13,16 @@ For each model, the modes run interleaved ``--repeats`` times, rotating their or
 always runs first. Step time = time between consecutive ``on_train_batch_start`` calls (it
 includes every callback hook and the end-of-step work); the first ``--skip`` steps (warm-up and the
 default schedule's dense start) are left out. Printed per mode: median and mean step time, their
-ratios against plain, p50/p90/p99/max, and the peak resident memory over the run's start
-(sampled at each batch start and after each optimizer step, while nndiag's weight copy is held).
+ratios against plain, and p50/p90/p99/max.
 ``default`` is judged on the mean (what a user pays, logging steps at their real frequency), the
 others on the median.
 
+``--memory`` prints instead the peak resident memory of a fresh process per mode (``ru_maxrss``),
+its excess over plain, and the size of one copy of the parameters (what nndiag's weight copy holds).
+
 Usage:
     python benchmarks/overhead.py [--steps 300] [--repeats 3] [--models 3c3d,mlp] [--modes plain,default,...]
+    python benchmarks/overhead.py --memory [--models mlp]
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -79,36 +84,16 @@ class Classifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process now (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
 class StepTimer(L.Callback):
-    """Batch-start timestamps, and resident memory at batch starts and after optimizer steps."""
+    """Batch-start timestamps."""
 
     def __init__(self) -> None:
         self.starts: list[float] = []
-        self.rss_start = 0
-        self.rss_peak = 0
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self.rss_start = self.rss_peak = rss_bytes()
-        for opt in trainer.optimizers:  # registered after nndiag's hooks: runs while its weight copy is held
-            opt.register_step_post_hook(lambda *a: self._sample())
-
-    def _sample(self) -> None:
-        self.rss_peak = max(self.rss_peak, rss_bytes())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
         self.starts.append(time.perf_counter())
-        self._sample()
 
     def step_times(self, skip: int) -> list[float]:
         return [b - a for a, b in zip(self.starts[skip:], self.starts[skip + 1 :], strict=False)]
@@ -139,8 +124,8 @@ def callbacks_for(mode: str, directory: str) -> list[L.Callback]:
     return []
 
 
-def run(model_name: str, mode: str, steps: int, seed: int, skip: int) -> tuple[list[float], int]:
-    """Step times after ``skip`` steps, and the peak resident memory over the run's start."""
+def run(model_name: str, mode: str, steps: int, seed: int, skip: int) -> list[float]:
+    """Step times after ``skip`` steps."""
     make, shape, batch = MODELS[model_name]
     torch.manual_seed(seed)
     timer = StepTimer()
@@ -154,7 +139,32 @@ def run(model_name: str, mode: str, steps: int, seed: int, skip: int) -> tuple[l
         )  # fmt: skip
         loader = torch.utils.data.DataLoader(Batches(shape, batch, steps + 1), batch_size=None)
         trainer.fit(Classifier(make()), loader)
-    return timer.step_times(skip), timer.rss_peak - timer.rss_start
+    return timer.step_times(skip)
+
+
+def peak_rss_mib(model: str, mode: str, steps: int) -> float:
+    """Peak resident memory (MiB) of a fresh process that trains ``steps`` steps in ``mode``."""
+    code = (
+        "import resource, sys, warnings; warnings.filterwarnings('ignore'); sys.path.insert(0, sys.argv[1]);"
+        "import overhead; overhead.run(sys.argv[2], sys.argv[3], int(sys.argv[4]), 0, 0);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", code, here, model, mode, str(steps)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # Linux: KiB
+
+
+def memory_table(models: list[str], modes: list[str], steps: int) -> None:
+    """Peak RSS per mode in fresh processes, and over plain (the weight copy is one parameter copy)."""
+    print(f"{'model':6} {'mode':10} {'peak RSS MiB':>12} {'over plain':>10} {'one param copy MiB':>18}")
+    for name in models:
+        make = MODELS[name][0]
+        copy_mib = sum(p.numel() * p.element_size() for p in make().parameters()) / 2**20
+        peaks = {mode: peak_rss_mib(name, mode, steps) for mode in modes}
+        for mode, peak in peaks.items():
+            print(f"{name:6} {mode:10} {peak:12.1f} {peak - peaks['plain']:10.1f} {copy_mib:18.1f}")
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -169,7 +179,11 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=20, help="steps left out at the start of each run")
     ap.add_argument("--models", default="3c3d,mlp")
     ap.add_argument("--modes", default="plain,default,every,naive,lightning,wandb")
+    ap.add_argument("--memory", action="store_true", help="only the peak-memory table (fresh process per mode)")
     args = ap.parse_args()
+    if args.memory:
+        memory_table(args.models.split(","), [m for m in args.modes.split(",") if m != "wandb"], args.steps)
+        return
     modes = [m for m in args.modes.split(",") if m != "wandb" or wandb_available()]
     if "wandb" in args.modes.split(",") and "wandb" not in modes:
         print("# wandb is not importable: its column is left out (bash benchmarks/wandb_env.sh)")
@@ -177,16 +191,13 @@ def main() -> None:
     print(f"# nndiag overhead: {platform.platform()}, torch {torch.__version__}, {device}, {datetime.date.today()}")
     print(f"# {args.steps} steps per run, first {args.skip} left out, {args.repeats} interleaved repeats")
     head = f"{'model':6} {'mode':10} {'median ms':>9} {'mean ms':>8} {'median x':>8} {'mean x':>7}"
-    print(head + f" {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7} {'peak MiB':>8}")
+    print(head + f" {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7}")
     for name in args.models.split(","):
         times: dict[str, list[float]] = {m: [] for m in modes}
-        peaks: dict[str, list[int]] = {m: [] for m in modes}
         for r in range(args.repeats):
             k = r % len(modes)
             for mode in modes[k:] + modes[:k]:  # rotate the order: no mode always runs first
-                t, peak = run(name, mode, args.steps, seed=r, skip=args.skip)
-                times[mode] += t
-                peaks[mode].append(peak)
+                times[mode] += run(name, mode, args.steps, seed=r, skip=args.skip)
         base_med = statistics.median(times["plain"])
         base_mean = statistics.fmean(times["plain"])
         for mode, t in times.items():
@@ -194,7 +205,7 @@ def main() -> None:
             qs = " ".join(f"{quantile(t, q) * 1e3:6.1f}" for q in (0.5, 0.9, 0.99))
             print(
                 f"{name:6} {mode:10} {med * 1e3:9.2f} {mean * 1e3:8.2f} {med / base_med:8.3f} {mean / base_mean:7.3f}"
-                f" {qs} {max(t) * 1e3:7.1f} {max(peaks[mode]) / 2**20:8.1f}"
+                f" {qs} {max(t) * 1e3:7.1f}"
             )
 
 

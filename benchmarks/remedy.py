@@ -141,7 +141,9 @@ def healthy() -> int:
 
     nndiag.Monitor = TrackedMonitor  # type: ignore[misc]
     nndiag.DiagnosticsCallback = TrackedCallback  # type: ignore[attr-defined]
-    fs._NO_ADVICE = {"remedy": True}  # the harness switches the advisors off; the remedy needs them
+    # the harness switches the advisors off; the remedy needs them. In place: task_scenarios imported the dict
+    fs._NO_ADVICE.clear()
+    fs._NO_ADVICE.update({"remedy": True})
     total = 0
     print("| healthy scenario | steps | remedy actions |")
     print("|---|---|---|")
@@ -150,6 +152,9 @@ def healthy() -> int:
         start = time.perf_counter()
         result = s.run(0)
         actions = sum(len(m.remedies) for m in made)
+        armed = sum(1 for m in made if m.options.remedy is not None)
+        if not armed:
+            raise RuntimeError(f"{s.name}: no Monitor/DiagnosticsCallback with remedy on was made: nothing measured")
         total += actions
         print(f"| {s.name} | {result.steps} | {actions} | ({time.perf_counter() - start:.0f} s)", flush=True)
     print(f"total actions on healthy runs: {total}")

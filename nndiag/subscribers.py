@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -164,9 +165,22 @@ class Advising(Subscriber):
             return
         facts = self.facts() or ModelFacts()
         # `finished` only when set: AdvisorLoop subclasses that override run(history, facts) keep working
-        changed = self.loop.run(history, facts, finished=True) if finished else self.loop.run(history, facts)
+        changed = (
+            self.loop.run(history, facts, finished=True)
+            if finished and _takes_finished(self.loop.run)
+            else self.loop.run(history, facts)
+        )
         if changed:
             self.publish(int(history.step.max()), changed, by_severity(self.loop.diagnoses))
+
+
+def _takes_finished(run: Callable[..., Any]) -> bool:
+    """Whether an advisor loop's ``run`` accepts ``finished`` (subclasses written before it do not)."""
+    try:
+        params = inspect.signature(run).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "finished" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 __all__ = [

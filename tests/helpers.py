@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -92,3 +93,15 @@ def stat(history: Any, stat_name: str, layer: str | None = None, step: int | Non
     if step is not None:
         h = h[h.step == step]
     return h
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """One intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    For tiny models: a second thread only contends for the test machine's cores.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -390,7 +390,13 @@ INJECTIONS = [
         STEPS,
         changed=tanh_activations,  # the first call's statistics stay
     ),
-    Injection("nndiag.collect.activations._batch_size", "forward facts", 1),
+    # the forward facts give the batch size that the run-wide batch_size statistic reports
+    Injection(
+        "nndiag.collect.activations._batch_size",
+        "forward facts",
+        1,
+        missing=lambda layer, stat: stat == "batch_size",
+    ),
     Injection("nndiag.collect.recorder.module_facts", "model facts", 1),
     Injection("nndiag.collect.recorder.initial_weight_facts", "initial weight statistics", 1),
     Injection(
@@ -409,7 +415,7 @@ INJECTIONS = [
     ),
     # the parameter statistics are one site: they go together, the activations and the loss stay
     Injection(
-        "nndiag.collect.params._distance",
+        "nndiag.collect.params._distances",
         "parameter statistics",
         STEPS,
         missing=lambda layer, stat: stat in ("grad_norm", "grad_norm_total", "weight_norm", "update_ratio"),

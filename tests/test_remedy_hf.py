@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
+from helpers import one_thread  # noqa: E402, F401  (the fixture, used through pytestmark)
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from nndiag import RemedyConfig  # noqa: E402
@@ -27,12 +28,7 @@ STEPS, BATCH = 240, 32
 W = torch.randn(8, 1, generator=torch.Generator().manual_seed(7))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Data(torch.utils.data.Dataset):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (the fixture, used through pytestmark)
 
 from nndiag import load_run
 
@@ -18,13 +19,7 @@ from nndiag.integrations.transformers import NndiagCallback  # noqa: E402
 SEQ = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these models are tiny, and a second thread only contends for the test machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TokenData(torch.utils.data.Dataset):
