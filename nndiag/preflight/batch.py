@@ -87,12 +87,22 @@ def first_rows(obj: Any, n: int) -> Any:
         >>> first_rows(torch.arange(10), 3).tolist()
         [0, 1, 2]
     """
+    return take_rows(obj, slice(None, n))
+
+
+def take_rows(obj: Any, part: slice) -> Any:
+    """Samples ``part`` (dim 0) of a tensor, or of each tensor in a tuple/list/dict; other objects as they are.
+
+    Example:
+        >>> take_rows({"x": torch.arange(10), "n": torch.tensor(3)}, slice(4, 6))["x"].tolist()
+        [4, 5]
+    """
     if isinstance(obj, torch.Tensor):
-        return obj[:n] if obj.dim() >= 1 else obj
+        return obj[part] if obj.dim() >= 1 else obj
     if isinstance(obj, Mapping):
-        return {k: first_rows(v, n) for k, v in obj.items()}
+        return {k: take_rows(v, part) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)) and not hasattr(obj, "_fields"):
-        return type(obj)(first_rows(v, n) for v in obj)
+        return type(obj)(take_rows(v, part) for v in obj)
     return obj
 
 

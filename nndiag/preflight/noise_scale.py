@@ -38,7 +38,7 @@ from torch import nn
 from nndiag import quantities as Q
 from nndiag.collect.noise_scale import estimates
 from nndiag.diagnosis import Diagnosis
-from nndiag.preflight.batch import batch_len, model_device, split_batch, to_device
+from nndiag.preflight.batch import batch_len, model_device, split_batch, take_rows, to_device
 from nndiag.preflight.loss import LossFn
 from nndiag.rules.batch_size import BatchSizeThresholds, batch_size_advice, noise_scale_estimate
 from nndiag.rules.view import RunView
@@ -137,10 +137,11 @@ def batch_size_probe(
     seconds = time.perf_counter() - start
     view = RunView(pd.DataFrame(rows, columns=["step", "layer", "stat", "value"]))
     n = len(rows) // 3
+    base = thresholds or BatchSizeThresholds()
     t = replace(
-        thresholds or BatchSizeThresholds(),
-        batch_advice_window=max((thresholds or BatchSizeThresholds()).batch_advice_window, n),
-        batch_advice_min_estimates=min((thresholds or BatchSizeThresholds()).batch_advice_min_estimates, n),
+        base,
+        batch_advice_window=max(base.batch_advice_window, n),
+        batch_advice_min_estimates=min(base.batch_advice_min_estimates, n),
     )
     est = noise_scale_estimate(view, t.batch_advice_window)
     trace_mean = float(view.series(Q.GNS_TRACE).mean()) if n else float("nan")
@@ -158,7 +159,7 @@ def _squared_norms(
     sq = 0.0
     for c in range(chunks):
         part = slice(c * small, (c + 1) * small)
-        loss = loss_fn(model(_take(x, part)), _take(y, part))
+        loss = loss_fn(model(take_rows(x, part)), take_rows(y, part))
         raw = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(raw, params, strict=True)]
         sq += float(torch.stack(torch._foreach_norm(grads)).double().square().sum())
@@ -169,14 +170,3 @@ def _squared_norms(
     assert total is not None
     big = float(torch.stack(torch._foreach_norm(total)).double().square().sum()) / chunks**2
     return sq / chunks, big
-
-
-def _take(obj: Any, part: slice) -> Any:
-    """Samples ``part`` (dim 0) of a tensor, or of the tensors in a dict/tuple/list."""
-    if isinstance(obj, torch.Tensor):
-        return obj[part]
-    if isinstance(obj, dict):
-        return {k: _take(v, part) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_take(v, part) for v in obj)
-    return obj
