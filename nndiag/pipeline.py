@@ -76,7 +76,9 @@ class Pipeline:
         if tensorboard is not None:
             self.subscribers.append(TensorBoardSubscriber(tensorboard, self.guard))
         if advice is not None:
-            self.subscribers.append(Advising(advice, self.memory, lambda: self.facts, self._publish, self.guard))
+            self.subscribers.append(
+                Advising(advice, self.memory, lambda: self.facts, self.publish_diagnoses, self.guard)
+            )
         self.subscribers += subscribers or []
         self._nonfinite_seen = False  # the first non-finite loss makes an advisor check urgent
         self.dropped = 0
@@ -168,7 +170,8 @@ class Pipeline:
             item[1]()
         return False
 
-    def _publish(self, step: int, changed: list[Diagnosis], ordered: list[Diagnosis]) -> None:
+    def publish_diagnoses(self, step: int, changed: list[Diagnosis], ordered: list[Diagnosis]) -> None:
+        """Hand changed diagnoses to every subscriber (writer thread: the advisors', and nndiag's own records)."""
         for sub in self.subscribers:
             sub.on_diagnoses(step, changed, ordered)
 

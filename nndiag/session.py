@@ -267,9 +267,8 @@ class Session:
     def _publish(self, diagnosis: Diagnosis) -> None:
         assert self.advice is not None
         self.advice.advisor.record(diagnosis)
-        ordered = by_severity(self.advice.diagnoses)
-        for sub in self.pipeline.subscribers:
-            sub.on_diagnoses(diagnosis.last_step or diagnosis.step, [diagnosis], ordered)
+        step = diagnosis.last_step or diagnosis.step
+        self.pipeline.publish_diagnoses(step, [diagnosis], by_severity(self.advice.diagnoses))
 
     def forget(self, first: int, last: int) -> None:
         """Hide steps ``first..last`` from the advisors (rolled back or skipped); the store keeps them."""
