@@ -28,10 +28,14 @@ def run(
     resume: dict[str, Any] | None = None,
     accumulate: int = 1,
     bf16: bool = False,
+    in_step: bool = False,
 ) -> dict[str, Any]:
     """Train; return the held-out loss, the monitor's records and whether the weights stayed finite.
 
     ``accumulate``: each batch of 32 is ``accumulate`` micro-batches, ``mon.step(loss)`` after each.
+    ``in_step``: wait after each step until the writer has handled it (its checks included), so that
+    the advisors are never behind this millisecond-step loop: the remedy then acts at the same steps
+    on every run, whatever the machine's load.
     """
     torch.manual_seed(0)
     w = torch.randn(8, 1)
@@ -54,6 +58,8 @@ def run(
                     mon.step(loss)  # a micro-batch: no optimizer step yet
             opt.step()
             mon.step(loss)
+            if in_step:
+                assert mon.session.pipeline.drain(), "the writer did not catch up within 60 s"
             if mon.should_stop:
                 break
         state = mon.state_dict()
@@ -170,7 +176,7 @@ def test_attempts_restart_after_a_long_healthy_stretch(monkeypatch: pytest.Monke
                 g["lr"] *= 100
 
     cfg = RemedyConfig(keep_every=10, confirm_steps=5, max_attempts=1)  # restart after 100 healthy steps
-    out = run(cfg, before=two_spikes)
+    out = run(cfg, before=two_spikes, in_step=True)
     rollbacks = [r for r in out["remedies"] if r.action == "rollback"]
     assert [r.attempt for r in rollbacks] == [1, 1], out["remedies"]
     assert rollbacks[0].step < 170 < rollbacks[1].step
