@@ -47,7 +47,7 @@ from nndiag.integrations.lightning_trainer import (
 )
 from nndiag.log import get_logger
 from nndiag.options import AdvisorConfigLike, DiagnosticsOptions, clean_hparams
-from nndiag.remedy import Remedy, RemedyLike, RemedyRunner
+from nndiag.remedy import Remedy, RemedyLike, RemedyRunner, saved_state, with_state
 from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule
@@ -225,10 +225,9 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
         }
         self.remedy = None
         if self.options.remedy is not None:  # its step hooks go first: the recorder sees the lr the step used
-            self.remedy = RemedyRunner(self.options.remedy, pl_module, trainer.optimizers, self.guard)
-            self.remedy.attach()
-            if self._remedy_state is not None:
-                self.remedy.load_state_dict(self._remedy_state)
+            self.remedy = RemedyRunner.start(
+                self.options.remedy, pl_module, trainer.optimizers, self.guard, self._remedy_state
+            )
         self.session = Session(
             pl_module,
             trainer.optimizers,
@@ -362,21 +361,15 @@ class DiagnosticsCallback(_LightningCallback, _PLCallback):  # type: ignore[misc
     @override
     def state_dict(self) -> dict[str, Any]:
         """The step reached, the run directory and the open diagnoses (saved in Lightning checkpoints)."""
-        if self.session is None:
-            state = (self._resume or ResumeState()).to_state_dict()
-        else:
-            state = self.session.resume_state().to_state_dict()
-        if self.remedy is not None or self._remedy_state is not None:
-            state["remedy"] = self.remedy.state_dict() if self.remedy is not None else self._remedy_state
-        return state
+        resume = self.session.resume_state() if self.session is not None else (self._resume or ResumeState())
+        return with_state(resume.to_state_dict(), self.remedy, self._remedy_state)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore on ``fit(ckpt_path=...)``: numbering, open diagnoses, and the run store continues the run."""
         try:
             self._resume = ResumeState.from_state_dict(state_dict)
-            remedy = state_dict.get("remedy")
-            self._remedy_state = dict(remedy) if isinstance(remedy, Mapping) else None
+            self._remedy_state = saved_state(state_dict)
         except ValueError as exc:
             warnings.warn(
                 f"nndiag: ignoring an unreadable callback state in the checkpoint: {exc}.",

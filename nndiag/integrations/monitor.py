@@ -45,7 +45,7 @@ from nndiag.collect.optimizers import hookable_or_fallback, unwrap_module, unwra
 from nndiag.config import RecorderConfig
 from nndiag.diagnosis import Diagnosis
 from nndiag.options import AdvisorConfigLike, DiagnosticsOptions, clean_hparams
-from nndiag.remedy import Remedy, RemedyLike, RemedyRunner
+from nndiag.remedy import Remedy, RemedyLike, RemedyRunner, saved_state, with_state
 from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule
@@ -136,10 +136,7 @@ class Monitor:
             run_dir = continued if continued is not None else next_version_dir(log_dir)
         self.remedy: RemedyRunner | None = None
         if self.options.remedy is not None:  # its step hooks go first: the recorder sees the lr the step used
-            self.remedy = RemedyRunner(self.options.remedy, model, optimizers)
-            self.remedy.attach()
-            if isinstance(resume, Mapping) and isinstance(resume.get("remedy"), Mapping):
-                self.remedy.load_state_dict(dict(resume["remedy"]))
+            self.remedy = RemedyRunner.start(self.options.remedy, model, optimizers, state=saved_state(resume))
         self.session = Session(
             model,
             optimizers,
@@ -222,10 +219,7 @@ class Monitor:
         Holds the optimizer steps counted (the schedule's position), the run directory and the open
         diagnoses, as plain data (``torch.save`` / JSON friendly); with ``remedy``, its state too.
         """
-        state = self.session.resume_state().to_state_dict()
-        if self.remedy is not None:
-            state["remedy"] = self.remedy.state_dict()
-        return state
+        return with_state(self.session.resume_state().to_state_dict(), self.remedy)
 
     def close(self, status: str = "finished") -> None:
         """Flush everything and remove all hooks (idempotent; ``with`` does it for you)."""

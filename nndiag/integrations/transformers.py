@@ -60,7 +60,7 @@ from nndiag.integrations import hf_run
 from nndiag.integrations.hf_loss import StepLoss
 from nndiag.log import get_logger
 from nndiag.options import AdvisorConfigLike, DiagnosticsOptions
-from nndiag.remedy import Remedy, RemedyLike, RemedyRunner
+from nndiag.remedy import Remedy, RemedyLike, RemedyRunner, saved_state, with_state
 from nndiag.report.auto import write_after_run
 from nndiag.resume import ResumeState
 from nndiag.schedule import Schedule
@@ -203,10 +203,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
         optimizers = [hookable_or_fallback(optimizer)]
         self.remedy = None
         if self.options.remedy is not None:  # its step hooks go first: the recorder sees the lr the step used
-            self.remedy = RemedyRunner(self.options.remedy, model, optimizers, self.guard)
-            self.remedy.attach()
-            if self._remedy_state is not None:
-                self.remedy.load_state_dict(self._remedy_state)
+            self.remedy = RemedyRunner.start(self.options.remedy, model, optimizers, self.guard, self._remedy_state)
         self.session = Session(
             model,
             optimizers,
@@ -300,10 +297,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         """What ``trainer_state.json`` keeps: the JSON-safe options and the resume state."""
         resume = self.session.resume_state() if self.session is not None else (self._resume or ResumeState())
-        saved = resume.to_state_dict()
-        if self.remedy is not None or self._remedy_state is not None:
-            saved["remedy"] = self.remedy.state_dict() if self.remedy is not None else self._remedy_state
-        saved = hf_run.jsonable(saved)
+        saved = hf_run.jsonable(with_state(resume.to_state_dict(), self.remedy, self._remedy_state))
         return {"args": hf_run.json_safe_args(self._init_args), "attributes": {hf_run.STATE_KEY: saved}}
 
     @property
@@ -314,8 +308,7 @@ class NndiagCallback(TrainerCallback, ExportableState):
     @nndiag_resume.setter
     def nndiag_resume(self, value: Any) -> None:
         self._resume = hf_run.parse_state(value)
-        remedy = value.get("remedy") if isinstance(value, Mapping) else None
-        self._remedy_state = dict(remedy) if isinstance(remedy, Mapping) else None
+        self._remedy_state = saved_state(value)
 
     # -- the wrong trainer: a Lightning Trainer reads ``state_key`` and calls ``setup`` first --
     @property

@@ -6,7 +6,7 @@ or the Hugging Face ``NndiagCallback``. See docs/remedy.md.
 
 from nndiag.remedy.config import DEFAULT_CODES, RemedyConfig, RemedyLike, remedy_config
 from nndiag.remedy.records import Remedy, remedied_diagnosis
-from nndiag.remedy.runner import RemedyRunner
+from nndiag.remedy.runner import RemedyRunner, saved_state, with_state
 
 __all__ = [
     "DEFAULT_CODES",
@@ -16,4 +16,6 @@ __all__ = [
     "RemedyRunner",
     "remedied_diagnosis",
     "remedy_config",
+    "saved_state",
+    "with_state",
 ]

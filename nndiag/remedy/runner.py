@@ -21,7 +21,7 @@ store and is hidden from the advisors (:meth:`nndiag.advice.AdvisorLoop.forget`)
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -88,6 +88,25 @@ class RemedyRunner:
         self._broken = False  # distributed agreement failed: no more actions
 
     # -- wiring ----------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        config: RemedyConfig,
+        model: nn.Module,
+        optimizers: Sequence[Any],
+        guard: ErrorGuard | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> RemedyRunner:
+        """A runner with its step hooks attached and a checkpoint's remedy ``state`` (if any) loaded.
+
+        Create it before the :class:`~nndiag.session.Session` (its hooks must run first), then :meth:`bind`.
+        """
+        runner = cls(config, model, optimizers, guard)
+        runner.attach()
+        if state is not None:
+            runner.load_state_dict(state)
+        return runner
+
     def attach(self) -> None:
         """Register the step hooks (call before the session's recorder registers its own)."""
         self.hooks.attach()
@@ -293,3 +312,24 @@ class RemedyRunner:
         self.acted_step = int(state.get("acted_step", -1))
         self.forgotten = [(int(a), int(b)) for a, b in state.get("forgotten", [])]
         self.remedies = [Remedy.from_dict(r) for r in state.get("remedies", [])]
+
+
+def saved_state(state: Any) -> dict[str, Any] | None:
+    """The remedy's part (``state["remedy"]``) of an adapter's saved state, or ``None``.
+
+    Example:
+        >>> saved_state({"step": 3, "remedy": {"attempts": 1}}), saved_state({"step": 3}), saved_state(None)
+        ({'attempts': 1}, None, None)
+    """
+    remedy = state.get("remedy") if isinstance(state, Mapping) else None
+    return dict(remedy) if isinstance(remedy, Mapping) else None
+
+
+def with_state(
+    state: dict[str, Any], runner: RemedyRunner | None, pending: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``state`` with the remedy's part: the running ``runner``'s, else a loaded one not yet in use (``pending``)."""
+    remedy = runner.state_dict() if runner is not None else pending
+    if remedy is not None:
+        state["remedy"] = remedy
+    return state
