@@ -4,7 +4,9 @@ Models (synthetic data, CPU unless a GPU is present):
   * 3C3D: conv 64-5x5, conv 96-3x3, conv 128-3x3 (each ReLU + 2x2 max-pool), dense 512-256-10; batch 128, 3x32x32.
   * MLP 784-1000-500-100-10 (ReLU), batch 256.
 
-Modes: ``plain``; ``default`` (nndiag's default schedule); ``every`` (``schedule=1``); ``naive``
+Modes: ``plain``; ``default`` (nndiag's default schedule); ``every`` (``schedule=1``: light logging
+steps, update ratios and weight norms every 4th step after step 20); ``every_full`` (``schedule=1,
+full_every=1``: everything at every step); ``naive``
 (per-layer hooks with ``.item()`` every step); ``lightning`` (``grad_norm`` + ``log_dict`` every
 step); ``wandb`` (``wandb.watch(log="all", log_freq=1)`` offline; only where wandb is importable:
 ``bash benchmarks/wandb_env.sh`` then run with the ``PYTHONPATH`` it prints).
@@ -119,6 +121,8 @@ def callbacks_for(mode: str, directory: str) -> list[L.Callback]:
         return [DiagnosticsCallback()]
     if mode == "every":
         return [DiagnosticsCallback(schedule=1)]
+    if mode == "every_full":
+        return [DiagnosticsCallback(schedule=1, full_every=1)]
     if mode == "wandb":
         return [WandbWatch(directory)]
     if mode in ALTERNATIVES:

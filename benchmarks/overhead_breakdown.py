@@ -9,7 +9,7 @@ With ``--clock cpu`` each part is timed by its thread's CPU time: what nndiag's 
 without the time spent waiting for the interpreter lock or for cores other processes hold.
 
 Usage:
-    python benchmarks/overhead_breakdown.py [--model mlp] [--steps 200] [--schedule 1] [--clock cpu]
+    python benchmarks/overhead_breakdown.py [--model mlp] [--steps 200] [--schedule 1] [--clock cpu] [--full-every 1]
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--schedule", default="1", help="an int, or 'default'")
+    ap.add_argument("--full-every", type=int, default=4, help="RecorderConfig.full_every (1: all steps full)")
     ap.add_argument("--slowest", type=int, default=5, help="show the writer's work during the slowest steps")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: each thread's own CPU time")
     args = ap.parse_args()
@@ -133,12 +134,15 @@ def main() -> None:
     instrument()
     TOTALS.clear()
     schedule = None if args.schedule == "default" else int(args.schedule)
-    cb = DiagnosticsCallback(schedule=schedule)
+    cb = DiagnosticsCallback(schedule=schedule, full_every=args.full_every)
     timer = fit(args.model, args.steps, [cb])
     timed = timer.step_times(20)
     should_log = resolve_schedule(schedule)
     n_log = len([s for s in range(args.steps) if should_log(s)])
-    print(f"# {args.model}, {args.steps} steps, schedule={args.schedule}: {n_log} logging steps")
+    print(
+        f"# {args.model}, {args.steps} steps, schedule={args.schedule}, full_every={args.full_every}: "
+        f"{n_log} logging steps"
+    )
     print(
         f"plain step median {statistics.median(plain) * 1e3:.2f} ms; "
         f"with nndiag {statistics.median(timed) * 1e3:.2f} ms"

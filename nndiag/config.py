@@ -20,6 +20,16 @@ from typing import Literal, get_args
 UpdateRatioMode = Literal["exact", "sampled", "off"]
 
 
+_POSITIVE_INTS = (
+    "histogram_bins",
+    "update_ratio_samples",
+    "full_every",
+    "max_queue",
+    "max_pending_losses",
+    "memory_rows",
+)
+
+
 @dataclass(frozen=True)
 class RecorderConfig:
     """What the recorder measures and how it writes.
@@ -33,6 +43,14 @@ class RecorderConfig:
             elements per tensor (for very large models; an estimate of the ratio);
             ``"off"`` records no update ratios.
         update_ratio_samples: elements per tensor in ``"sampled"`` mode.
+        full_every: after step 20 (the default schedule's dense start and first sparse step), a
+            logging step closer than this many steps to the last *full* one is *light*: it records
+            the loss, learning rates, activations and gradients, but not update ratios, weight
+            norms, dead units or the model output's statistics (the weight copy and the extra passes
+            over the parameters and activations cost most on fast steps). Measured values are exact
+            on the steps where they appear. The default schedule never logs that densely after step
+            20, so it only affects dense schedules (``schedule=1``: full at steps 0-20, 24, 28,
+            ...); ``1`` makes every logging step full.
         flush_seconds: the run store commits at least this often (crash-safe up to the last commit).
         max_queue: logging steps that may wait for the background writer; beyond that a step's
             statistics are dropped (with one warning) rather than stall training.
@@ -53,6 +71,7 @@ class RecorderConfig:
     histogram_bins: int = 30  # enough resolution to see saturation piles at +-1
     update_ratio: UpdateRatioMode = "exact"  # exact ratios; "sampled" for very large models
     update_ratio_samples: int = 4096  # sampled mode: relative error of the ratio is ~1/sqrt(4096)
+    full_every: int = 4  # dense schedules past step 20: update ratios etc. on every 4th step (1: every logging step)
     flush_seconds: float = 2.0  # at most ~2 s of statistics lost by a kill -9
     max_queue: int = 256  # logging steps buffered for the writer thread
     max_pending_losses: int = 1024  # device-side loss buffer before a forced transfer
@@ -77,7 +96,7 @@ class RecorderConfig:
         modes = get_args(UpdateRatioMode)
         if self.update_ratio not in modes:
             raise ValueError(f"update_ratio must be one of {modes}, got {self.update_ratio!r}.")
-        for name in ("histogram_bins", "update_ratio_samples", "max_queue", "max_pending_losses", "memory_rows"):
+        for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")

@@ -53,6 +53,28 @@ class _Every:
         return f"every {self.n} step(s)"
 
 
+def is_full_step(step: int, last_full: int | None, full_every: int) -> bool:
+    """Whether a logging step records everything (update ratios, weight norms, output statistics).
+
+    Every logging step up to step 20 (the dense start and the default schedule's first sparse step)
+    is full; after it, one at least ``full_every`` steps after the last full one (``last_full``;
+    ``None``: none yet, e.g. just resumed). It depends on the step count only, so every rank of a
+    distributed run agrees, and the default schedule (never denser than every 10th step after step
+    20) has full logging steps only.
+
+    Example:
+        >>> last, full = None, []
+        >>> for step in range(18, 30):
+        ...     if is_full_step(step, last, 4):
+        ...         last = step
+        ...         full.append(step)
+        >>> full
+        [18, 19, 20, 24, 28]
+
+    """
+    return step <= DENSE_STEPS or last_full is None or step - last_full >= full_every
+
+
 def resolve_schedule(schedule: Schedule) -> Callable[[int], bool]:
     """Turn the user's ``schedule`` argument into a predicate over 0-based optimizer steps.
 

@@ -53,7 +53,7 @@ KILL_SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mon = Monitor(model, opt, log_dir=sys.argv[1], schedule=1, flush_seconds=0.2, report=False)
+    mon = Monitor(model, opt, log_dir=sys.argv[1], schedule=1, full_every=1, flush_seconds=0.2, report=False)
     step = 0
     while True:
         loss = model(torch.randn(16, 4)).pow(2).mean()

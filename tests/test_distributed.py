@@ -99,6 +99,11 @@ def test_lightning_ddp_matches_single_process(pkg: str, tmp_path: Path) -> None:
     assert (worst < 1e-4).all(), f"statistics differ from the single process:\n{worst}"
     assert diagnosis_keys(store_of(two)) == diagnosis_keys(store_of(one))
     assert ("dead_units", "net.3") in diagnosis_keys(store_of(two)), "the fault is found"
+    for history in (store_of(one).history, store_of(two).history):  # light logging steps past step 20
+        full = set(history.step[history.stat == "update_ratio"])
+        assert {20, 24, 28} <= full and not full & {21, 22, 23, 25}, sorted(full)
+        assert set(history.step[history.stat == "dead_frac"]) == full, "no 'all dead' from a light step"
+        assert set(history.step[history.stat == "act_std"]) == set(range(30))
     only_rank_0_wrote(tmp_path / "two", two)
     for report in two.values():
         assert report["steps"] == 30

@@ -528,11 +528,11 @@ def test_transient_failure_does_not_leak_into_next_step(monkeypatch: pytest.Monk
     original = nndiag.collect.params.ParamCollector.pack
     calls = {"n": 0}
 
-    def pack_fails_once(self: ParamCollector) -> Any:
+    def pack_fails_once(self: ParamCollector, weights: bool = True) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:  # step 2
             raise Injected("injected failure")
-        return original(self)
+        return original(self, weights)
 
     monkeypatch.setattr(ParamCollector, "pack", pack_fails_once)
     torch.manual_seed(0)

@@ -104,7 +104,7 @@ def test_kill_9_mid_run_keeps_everything_up_to_last_flush(tmp_path):
     steps = sorted(run.history[run.history.stat == "loss"].step.tolist())
     assert len(steps) >= 30  # at least what was trained before READY plus flushed work after it
     assert steps == list(range(len(steps)))  # contiguous from 0: nothing lost before the last flush
-    # every logging step that made it to disk is complete (all layers, all stats)
+    # every logging step that made it to disk is complete (all layers, all stats; full_every=1: all steps full)
     per_step = run.history[run.history.stat != "loss"].groupby("step").size()
     assert per_step.nunique() == 1
     assert run.facts["forward_order"] == ["0", "1", "2"]

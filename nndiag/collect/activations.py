@@ -101,6 +101,7 @@ class ActivationCollector:
         self.static = {name: self._static(mod) for name, mod in self.modules}
         self.handles: list[RemovableHandle] = []
         self.armed = False
+        self.full = True  # per-unit maxima and minima too (dead units)
         self.acc: dict[str, _Accum] = {}
         self.input_acc: _Accum | None = None
         self.facts = ForwardFacts()
@@ -138,9 +139,14 @@ class ActivationCollector:
         self.modules = []
         self.reset()
 
-    def arm(self) -> None:
-        """Record the next forward pass(es) until :meth:`disarm`."""
+    def arm(self, full: bool = True) -> None:
+        """Record the next forward pass(es) until :meth:`disarm`.
+
+        ``full=False`` (a light logging step): means, stds, non-finite and saturated counts only, not
+        the per-unit maxima and minima that dead units are counted from.
+        """
         self.armed = True
+        self.full = full
         if "torch._dynamo" in sys.modules:  # torch.compile is in use (or may be): see the function
             _root_hook_eager_as_frame()
 
@@ -195,7 +201,7 @@ class ActivationCollector:
         unit_dim = self._unit_dim(st, tensors[0])
         new = _accumulate(x)
         if x.dim() >= 1 and x.numel() > 0:
-            if len(tensors) == 1:
+            if len(tensors) == 1 and self.full:
                 new.peak = unit_max(x, unit_dim)
                 if not st.relu_family:
                     new.minimum = x.amin()

@@ -49,7 +49,19 @@ from typing import Any
 
 import torch
 
-from nndiag.collect.payload import ACT_SUMS, ANY, HEADER, MEAN, PARAM_NORMS, SQUARES, SUM, Combined, Slot, StepPayload
+from nndiag.collect.payload import (
+    ACT_SUMS,
+    ANY,
+    FULL_STEP_SLOTS,
+    HEADER,
+    MEAN,
+    PARAM_NORMS,
+    SQUARES,
+    SUM,
+    Combined,
+    Slot,
+    StepPayload,
+)
 from nndiag.collect.ranks import agree, collective_device, is_dtensor, local, sharded_parameters, writes_here
 from nndiag.guard import NndiagInternalWarning
 
@@ -286,6 +298,8 @@ class RankCombiner:
         for s in self.layout:
             v = vec[offset : offset + s.length]
             offset += s.length
+            if not payload.full and s.stat in FULL_STEP_SLOTS:
+                continue  # a light logging step: not measured on any rank
             if s.stat == "_active":
                 keys.append((s.layer, "_dead"))
                 values.append(s.length - (v > 0).sum())
@@ -302,7 +316,7 @@ class RankCombiner:
                 values.append(v[0] / ranks)
             else:
                 values.append(v[0])
-        combined = StepPayload(keys, values, extras, payload.hist_keys, payload.hists)
+        combined = StepPayload(keys, values, extras, payload.hist_keys, payload.hists, full=payload.full)
         return Combined(combined, losses, list(loss_steps))
 
     # -- header (read one exchange late on accelerators: no device sync) -------------

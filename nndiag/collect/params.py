@@ -127,8 +127,10 @@ class ParamCollector:
             self._sample_idx[id(p)] = idx
         return idx
 
-    def pack(self) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
+    def pack(self, weights: bool = True) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
         """Keys and 0-d on-device values: ``grad_norm``, and raw ``_wb``/``_delta`` (or ``weight_norm``).
+
+        ``weights=False`` (a light logging step, no snapshot taken): the gradient norms only.
 
         ``update_ratio``, ``weight_norm`` and ``grad_norm_total`` are finished on the host
         (:mod:`nndiag.stats.finalize`).
@@ -143,8 +145,9 @@ class ParamCollector:
         values: list[torch.Tensor] = [self.grad_norms[i] for i in measured]  # type: ignore[misc]
         with torch.no_grad():
             if self.before is None:
-                keys += [(n, Q.WEIGHT_NORM) for n in names]
-                values += torch._foreach_norm([as_float(local(p.detach())) for _, p in self.named])
+                if weights:
+                    keys += [(n, Q.WEIGHT_NORM) for n in names]
+                    values += torch._foreach_norm([as_float(local(p.detach())) for _, p in self.named])
             else:
                 live = [local(p.detach()) for _, p in self.named]
                 # sample indices are keyed by the parameter itself (a detached view is a new object each call)

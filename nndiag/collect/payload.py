@@ -18,6 +18,9 @@ SUM, SQUARES, MEAN, ANY = "sum", "squares", "mean", "any"
 HEADER = 3  # ranks with statistics, unplaced statistics, halt vote
 # norms of parameters: replicated ones are averaged, sharded ones combined as sqrt(sum of squares)
 PARAM_NORMS = frozenset({Q.GRAD_NORM, Q.WEIGHT_NORM, "_wb", "_wbs", "_delta"})
+# slots (as exchanged: per-unit maxima travel as "_active", minima as "_neg") that light logging steps
+# (``RecorderConfig.full_every``) leave out on every rank alike: not decoded there (they would read as zeros)
+FULL_STEP_SLOTS = frozenset({Q.WEIGHT_NORM, "_wb", "_wbs", "_delta", "_active", "_neg"})
 ACT_SUMS = {"_n": SUM, "_sum": SUM, "_nonfinite": SUM, "_sat": SUM, "_sq": SQUARES}
 
 
@@ -31,6 +34,7 @@ class StepPayload:
     hist_keys: list[tuple[str, str]] = field(default_factory=list)
     hists: list[torch.Tensor] = field(default_factory=list)
     unit_peaks: dict[str, torch.Tensor] = field(default_factory=dict)  # per-unit maxima (dead units)
+    full: bool = True  # False: a light logging step (no weight, update or dead-unit statistics)
 
 
 @dataclass

@@ -56,7 +56,7 @@ from nndiag.collect.task_probe import TaskProbe
 from nndiag.config import RecorderConfig
 from nndiag.facts import InitFacts, ModelFacts
 from nndiag.guard import ErrorGuard
-from nndiag.schedule import Schedule, resolve_schedule
+from nndiag.schedule import Schedule, is_full_step, resolve_schedule
 
 KEEP_COPY_GAP = 10  # steps: a logging step at most this far ahead keeps the weight copy
 
@@ -92,6 +92,8 @@ class Recorder:
         self._handles: list[Any] = []
         self._hooked_optimizers = 0
         self._logging = False
+        self._full = False  # a full logging step: update ratios, weight norms, output statistics too
+        self._last_full: int | None = None
         self._acts_done = False
         self._stepped = False
         self._grads_captured = False
@@ -147,8 +149,9 @@ class Recorder:
         if self.closed:
             return
         self._logging = bool(self.guard.run("schedule", self.should_log, self.step))
+        self._full = self._logging and is_full_step(self.step, self._last_full, self.config.full_every)
         if self._logging and not self._acts_done:
-            self.acts.arm()
+            self.acts.arm(self._full)
         if self._logging:
             self.task.arm()
             self.noise.arm()
@@ -169,7 +172,8 @@ class Recorder:
                     self.params.capture_grads,
                     [p for g in optimizer.param_groups for p in g["params"]],
                 )
-            self.guard.run("weight snapshot", self.params.snapshot)
+            if self._full:
+                self.guard.run("weight snapshot", self.params.snapshot)
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
@@ -218,6 +222,8 @@ class Recorder:
         self.task.release()
         self.params.reset()
         self.noise.reset()
+        if self._full:
+            self._last_full = self.step
         self.step += 1
         self._step_lrs = {}
         self._stepped = False
@@ -322,8 +328,9 @@ class Recorder:
         gns = self.guard.run(  # before params.pack, which resets the gradient norms it reads
             "noise scale", self.noise.pack, self.params.grad_norms, self.acts.facts.batch_size
         ) or ([], [], [])
-        pars = self.guard.run("parameter statistics", self.params.pack) or ([], [])
-        task = ([], []) if self.combiner.distributed else self.guard.run("task packing", self.task.pack) or ([], [])
+        pars = self.guard.run("parameter statistics", self.params.pack, self._full) or ([], [])
+        task = ([], []) if self.combiner.distributed else self.guard.run("task packing", self.task.pack, self._full)
+        task = task or ([], [])
         keys = acts[0] + pars[0] + task[0] + gns[0]
         scalars = acts[1] + pars[1] + task[1] + gns[1]
         extras = acts[2] + gns[2]
@@ -339,7 +346,7 @@ class Recorder:
         peaks = {}
         if self.combiner.distributed:  # per-unit maxima: a unit is dead only if dead on every rank
             peaks = {n: a.peak for n, a in self.acts.acc.items() if a.peak is not None}
-        return StepPayload(keys, scalars, extras, hist_keys, hists, peaks)
+        return StepPayload(keys, scalars, extras, hist_keys, hists, peaks, self._full)
 
     def _submit(self, step: Combined) -> None:
         """Hand one (combined) step to the writer as a single packet; model facts after the first."""

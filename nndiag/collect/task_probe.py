@@ -139,8 +139,14 @@ class TaskProbe:
                 self.note_target(saved)
 
     # -- at the end of a logging step ------------------------------------------------------
-    def pack(self) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
-        """This logging step's output statistics: ``(layer, stat)`` keys and 0-d device tensors."""
+    def pack(self, output: bool = True) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
+        """This logging step's output statistics: ``(layer, stat)`` keys and 0-d device tensors.
+
+        ``output=False`` (a light logging step): none; the output seen is dropped unmeasured.
+        """
+        if not output:
+            self._last_output = None
+            return [], []
         out, self._last_output = pick_output(self._last_output), None
         if out is not None and out.numel() > 0:
             self._out = (output_pack(out), tuple(int(s) for s in out.shape))
