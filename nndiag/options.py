@@ -173,6 +173,10 @@ class DiagnosticsOptions:
         resolve_schedule(schedule)  # the most common mistake first
         codes = halt_codes(halt_on)
         check_num_classes(num_classes)
+        rescue = remedy_config(remedy)
+        if rescue is not None and config is None and "full_every" not in recorder_options:
+            # a rescue acts on the advisors' early word: update ratios at every logging step (lr spikes)
+            recorder_options = {**recorder_options, "full_every": 1}
         return cls(
             schedule=schedule,
             config=build_config(config, recorder_options),
@@ -180,7 +184,7 @@ class DiagnosticsOptions:
             advisor_config=advisor_config_of(advisor_config),
             num_classes=num_classes,
             halt_on=codes,
-            remedy=remedy_config(remedy),
+            remedy=rescue,
         )
 
     @property

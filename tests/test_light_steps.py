@@ -95,3 +95,12 @@ def test_default_schedule_is_unaffected() -> None:
 def test_full_every_must_be_a_positive_int(bad: Any) -> None:
     with pytest.raises(ValueError, match="full_every must be a positive int"):
         RecorderConfig(full_every=bad)
+
+
+def test_remedy_keeps_every_logging_step_full_unless_asked() -> None:
+    """A rescue acts on early diagnoses (an lr spike shows in the update ratio): no light steps with it."""
+    from nndiag.options import DiagnosticsOptions
+
+    assert DiagnosticsOptions.build(1).config.full_every == 4
+    assert DiagnosticsOptions.build(1, remedy=True).config.full_every == 1
+    assert DiagnosticsOptions.build(1, remedy=True, full_every=3).config.full_every == 3

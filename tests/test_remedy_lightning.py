@@ -24,8 +24,14 @@ def fit(
     accumulate: int = 1,
     precision: str | None = None,
     epochs: int = 3,
+    in_step: bool = False,
 ) -> tuple[Any, float]:
-    """``epochs`` epochs of 64 optimizer steps (``accumulate`` micro-batches each, 32 samples per step)."""
+    """``epochs`` epochs of 64 optimizer steps (``accumulate`` micro-batches each, 32 samples per step).
+
+    ``in_step``: wait after each batch until the writer has handled it (the advisors' checks included),
+    so that on these millisecond steps the advisors are never behind and the remedy acts at the same
+    steps whatever the machine's load (else a spike's state can be confirmed good before it is checked).
+    """
     L = importlib.import_module(package)
     from nndiag import DiagnosticsCallback
 
@@ -54,10 +60,16 @@ def fit(
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32 // accumulate)
     cb = DiagnosticsCallback(schedule=1, store=False, tensorboard=False, report=False, remedy=remedy)
     module = Module()
+
+    class Drain(L.Callback):  # type: ignore[misc,name-defined]
+        def on_train_batch_end(self, *args: Any) -> None:
+            if in_step and cb.session is not None:
+                assert cb.session.pipeline.drain(), "the writer did not catch up within 60 s"
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = L.Trainer(
-            callbacks=[cb],
+            callbacks=[cb, Drain()],
             max_epochs=epochs,
             accumulate_grad_batches=accumulate,
             **({"precision": precision} if precision else {}),
@@ -76,7 +88,7 @@ def fit(
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_lightning_lr_spike_rolled_back(package: str) -> None:
-    cb, final = fit(package, RemedyConfig(keep_every=25, confirm_steps=5), spike_at=60)
+    cb, final = fit(package, RemedyConfig(keep_every=25, confirm_steps=5), in_step=True, spike_at=60)
     rollbacks = [r for r in cb.remedies if r.action == "rollback"]
     assert rollbacks and rollbacks[0].good_step <= 61, cb.remedies
     assert math.isfinite(final) and final < 0.5, final  # the initial loss is ~8; undisturbed ~0.03
@@ -101,7 +113,7 @@ ACCUMULATE_OR_BF16 = [
 
 @pytest.mark.parametrize("kw", ACCUMULATE_OR_BF16)
 def test_lightning_accumulation_and_bf16_spike_rolled_back(kw: dict[str, Any]) -> None:
-    cb, final = fit(PACKAGES[0], RemedyConfig(keep_every=10, confirm_steps=5), spike_at=30, **kw)
+    cb, final = fit(PACKAGES[0], RemedyConfig(keep_every=10, confirm_steps=5), in_step=True, spike_at=30, **kw)
     rollbacks = [r for r in cb.remedies if r.action == "rollback"]
     assert rollbacks and rollbacks[0].good_step <= 31 and rollbacks[0].step > 30, cb.remedies
     # one epoch: ~20 steps at the cut lr after the rollback (the first loss is ~8, the spike alone gives NaN)
