@@ -16,7 +16,8 @@ from torch import nn
 
 from nndiag import Monitor
 from nndiag.config import RecorderConfig
-from nndiag.schedule import is_full_step
+from nndiag.options import DiagnosticsOptions
+from nndiag.schedule import is_full_step, resolve_schedule
 
 FULL_ONLY = ("update_ratio", "weight_norm", "dead_frac", "output_std")
 EVERY = ("loss", "act_std", "grad_norm", "grad_norm_total", "lr")
@@ -81,8 +82,6 @@ def test_light_steps_do_not_report_stale_or_zero_values(tmp_path: Any) -> None:
 
 def test_default_schedule_is_unaffected() -> None:
     """The default schedule never logs closer than 10 steps after the dense start: every step is full."""
-    from nndiag.schedule import resolve_schedule
-
     should = resolve_schedule(None)
     last = None
     for step in range(2000):
@@ -99,8 +98,6 @@ def test_full_every_must_be_a_positive_int(bad: Any) -> None:
 
 def test_remedy_keeps_every_logging_step_full_unless_asked() -> None:
     """A rescue acts on early diagnoses (an lr spike shows in the update ratio): no light steps with it."""
-    from nndiag.options import DiagnosticsOptions
-
     assert DiagnosticsOptions.build(1).config.full_every == 4
     assert DiagnosticsOptions.build(1, remedy=True).config.full_every == 1
     assert DiagnosticsOptions.build(1, remedy=True, full_every=3).config.full_every == 3
