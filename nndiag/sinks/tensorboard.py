@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rows import Rows
+from nndiag.sinks import fast_crc
 from nndiag.sinks.dashboard import BAND_TAGS, UPDATE_BAND, layout, write_layout
 
 
@@ -96,9 +98,14 @@ def diagnoses_tensorboard(diagnoses: list[Diagnosis]) -> str:
 
 
 class TensorBoardSink:
-    """Writes rows to a SummaryWriter-like ``writer``; ``owns_writer`` closes it at the end."""
+    """Writes rows to a SummaryWriter-like ``writer``; ``owns_writer`` closes it at the end.
+
+    Puts the C CRC-32C into TensorBoard's record writer (:mod:`nndiag.sinks.fast_crc`).
+    """
 
     def __init__(self, writer: Any, owns_writer: bool = False) -> None:
+        with contextlib.suppress(Exception):  # an optimisation only: TensorBoard works without it
+            fast_crc.install()
         self.writer = writer
         self.owns_writer = owns_writer
         self._layers: dict[str, None] = {}  # shown in the dashboard layout, in first-seen order
@@ -106,6 +113,7 @@ class TensorBoardSink:
         self._shown: list[tuple[str, str | None, bool]] | None = None  # (code, layer, resolved) of the last table
         self._written: tuple[int, str] | None = None  # (step, text) of the last table written
         self._latest: tuple[int, list[Diagnosis]] | None = None  # the newest diagnoses, for the final table
+        self._tags: dict[tuple[str, str], str] = {}  # (layer, stat) -> tag, for every statistic written so far
 
     def write_rows(self, rows: Rows) -> None:
         """One scalar per row, batched into one event per step where the writer allows it.
@@ -116,14 +124,21 @@ class TensorBoardSink:
         """
         steps = rows.step.tolist()
         values = rows.value.tolist()
-        tags = [tag_for(stat, layer) for layer, stat in zip(rows.layers, rows.stats, strict=True)]
-        ratio_steps = sorted({st for st, stat in zip(steps, rows.stats, strict=True) if stat == Q.UPDATE_RATIO})
-        for st in ratio_steps:  # the healthy band of the dashboard's Margin charts
-            for tag, bound in zip(BAND_TAGS, UPDATE_BAND, strict=True):
-                tags.append(tag)
-                values.append(bound)
-                steps.append(st)
-        self._update_layout(rows)
+        cache = self._tags
+        try:
+            tags = [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
+        except KeyError:  # a statistic not written before: new tags, and perhaps new layers for the layout
+            self._update_layout(rows)  # first: if it fails, the next rows try again
+            for layer, stat in zip(rows.layers, rows.stats, strict=True):
+                cache.setdefault((layer, stat), tag_for(stat, layer))
+            tags = [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
+        if Q.UPDATE_RATIO in rows.stats:  # the healthy band of the dashboard's Margin charts
+            ratio_steps = sorted({st for st, stat in zip(steps, rows.stats, strict=True) if stat == Q.UPDATE_RATIO})
+            for st in ratio_steps:
+                for tag, bound in zip(BAND_TAGS, UPDATE_BAND, strict=True):
+                    tags.append(tag)
+                    values.append(bound)
+                    steps.append(st)
         file_writer = self._file_writer()
         if file_writer is None:
             for tag, value, step in zip(tags, values, steps, strict=True):
