@@ -33,8 +33,7 @@ from torch import nn
 from nndiag import quantities as Q
 from nndiag.collect.distributed import local
 from nndiag.collect.modules import clean_name
-from nndiag.stats.activations import as_float
-from nndiag.stats.params import norms
+from nndiag.stats.params import norm_list, norms
 
 
 class ParamCollector:
@@ -106,7 +105,7 @@ class ParamCollector:
                 ):
                     buf = [torch.empty_like(p) for p in live]
                 torch._foreach_copy_(buf, live)
-                self.before_norms = list(torch._foreach_norm([as_float(b) for b in buf]))  # cache-hot after the copy
+                self.before_norms = norm_list(buf)  # cache-hot after the copy
                 self._buffer = buf
                 self.before = buf
             else:
@@ -147,7 +146,7 @@ class ParamCollector:
             if self.before is None:
                 if weights:
                     keys += [(n, Q.WEIGHT_NORM) for n in names]
-                    values += torch._foreach_norm([as_float(local(p.detach())) for _, p in self.named])
+                    values += norm_list([local(p.detach()) for _, p in self.named])
             else:
                 live = [local(p.detach()) for _, p in self.named]
                 # sample indices are keyed by the parameter itself (a detached view is a new object each call)
@@ -158,10 +157,10 @@ class ParamCollector:
                 )
                 before = self.before if self.mode == "exact" else live
                 keys += [(n, "_wb") for n in names]
-                values += self.before_norms or torch._foreach_norm([as_float(b) for b in before])
+                values += self.before_norms or norm_list(before)
                 if self.mode == "sampled":  # the ratio is estimated on the sampled elements
                     keys += [(n, "_wbs") for n in names]
-                    values += torch._foreach_norm([as_float(b) for b in self.before])
+                    values += norm_list(self.before)
                 keys += [(n, "_delta") for n in names]  # keys and values in the same order
                 values += _distances(after, self.before, in_place=self.mode == "exact")
         self.reset()
@@ -180,7 +179,7 @@ def _distances(after: list[torch.Tensor], before: list[torch.Tensor], in_place: 
     if exact and in_place:
         diffs = [before[i] for i in exact]
         torch._foreach_sub_(diffs, [after[i] for i in exact])
-        for i, v in zip(exact, torch._foreach_norm(diffs), strict=True):
+        for i, v in zip(exact, norm_list(diffs), strict=True):
             out[i] = v.float()
     elif exact:
         for i in exact:
