@@ -4,8 +4,11 @@ The training thread only enqueues (never blocks: when the queue is full the step
 dropped with one warning). The writer thread waits for the packet's host copy,
 decodes it into rows and publishes them to its subscribers (:mod:`nndiag.subscribers`):
 memory history, run store, TensorBoard and the advisors, in that order; the sinks are
-flushed every ``flush_seconds``. Each sink is guarded separately, so a full disk stops
-the store, not TensorBoard or ``cb.history``.
+flushed every ``flush_seconds``. Packets are handled in bursts: after the first packet arrives the
+writer waits ``batch_seconds`` (50 ms) for the next ones, so that at every-step logging it wakes a
+few times a second, not at every step (each wake-up takes the interpreter lock from the training
+thread; see docs/benchmarks.md). A drain, close, or a queue a quarter full ends the wait at once.
+Each sink is guarded separately, so a full disk stops the store, not TensorBoard or ``cb.history``.
 
 Example:
     >>> import torch
@@ -62,12 +65,14 @@ class Pipeline:
         max_queue: int = 256,
         advice: AdvisorLoop | None = None,
         subscribers: list[Subscriber] | None = None,
+        batch_seconds: float = 0.05,
     ) -> None:
         self.memory = memory if memory is not None else MemoryHistory()
         self.store = store
         self.tensorboard = tensorboard
         self.guard = guard or ErrorGuard()
         self.flush_seconds = flush_seconds
+        self.batch_seconds = batch_seconds
         self.facts: ModelFacts | None = None  # the run's model facts, once the first logging step sent them
         self.advice = advice
         self.subscribers: list[Subscriber] = [MemorySubscriber(self.memory)]
@@ -83,6 +88,8 @@ class Pipeline:
         self._nonfinite_seen = False  # the first non-finite loss makes an advisor check urgent
         self.dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._wake = threading.Event()  # ends the writer's wait for more packets early
+        self._wake_at = max(1, max_queue // 4)
         self._last_flush = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="nndiag-writer", daemon=True)
         self._closed = False
@@ -95,6 +102,8 @@ class Pipeline:
             return
         try:
             self._queue.put_nowait(item)
+            if self._queue.qsize() >= self._wake_at:
+                self._wake.set()
         except queue.Full:
             self.dropped += 1
             if self.dropped == 1:
@@ -114,6 +123,7 @@ class Pipeline:
             self._queue.put(("callback", done.set), timeout=timeout)
         except queue.Full:
             return False
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self, status: str = "finished", timeout: float = 60.0) -> None:
@@ -122,6 +132,7 @@ class Pipeline:
             return
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout)
+        self._wake.set()
         self._thread.join(timeout)
         self._closed = True
         for sub in self.subscribers:
@@ -131,21 +142,37 @@ class Pipeline:
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=self.flush_seconds)
+                first = self._queue.get(timeout=self.flush_seconds)
             except queue.Empty:
                 self._flush()
                 continue
-            if item is _STOP:
-                for sub in self.subscribers:
-                    sub.on_stop()  # the advisors' final check, on everything recorded
-                self._flush()
-                return
-            urgent = self.guard.run("background writer", self._handle, item)
-            if isinstance(item, Packet):
-                for sub in self.subscribers:
-                    sub.after_packet(item, bool(urgent))
+            if isinstance(first, Packet) and self.batch_seconds > 0:
+                self._wake.wait(self.batch_seconds)  # the next steps' packets: one burst of work, not one per step
+            self._wake.clear()
+            for item in self._burst(first):
+                if item is _STOP:
+                    for sub in self.subscribers:
+                        sub.on_stop()  # the advisors' final check, on everything recorded
+                    self._flush()
+                    return
+                urgent = self.guard.run("background writer", self._handle, item)
+                if isinstance(item, Packet):
+                    for sub in self.subscribers:
+                        sub.after_packet(item, bool(urgent))
             if time.monotonic() - self._last_flush >= self.flush_seconds:
                 self._flush()
+
+    def _burst(self, first: Any) -> list[Any]:
+        """``first`` and everything queued behind it now (in order)."""
+        items = [first]
+        while first is not _STOP:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            if items[-1] is _STOP:
+                break
+        return items
 
     def _handle(self, item: Any) -> bool:
         """Publish one queued item; True when it carried the run's first non-finite loss (check now)."""
