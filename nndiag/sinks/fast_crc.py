@@ -27,6 +27,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+try:
+    import google_crc32c
+except ImportError:  # a core dependency; without it TensorBoard keeps its own function
+    google_crc32c = None  # type: ignore[assignment]
+
 _MASK = 0xFFFFFFFF
 _SAMPLES = (b"", b"\x00", b"nndiag", bytes(range(256)) * 7)
 _lock = threading.Lock()
@@ -35,8 +40,6 @@ _original: Callable[[Any], int] | None = None  # tensorboard's own function whil
 
 def masked_crc32c(data: Any) -> int:
     """TFRecord's masked CRC-32C of ``data`` (bytes-like), computed by ``google-crc32c``."""
-    import google_crc32c
-
     x = google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
     return (((x >> 15) | (x << 17)) + 0xA282EAD8) & _MASK
 
@@ -50,12 +53,11 @@ def install() -> bool:
         if _original is not None:
             return True
         try:
-            import google_crc32c
             from tensorboard.summary.writer import record_writer
         except ImportError:
             return False
         theirs = getattr(record_writer, "masked_crc32c", None)
-        if google_crc32c.implementation != "c" or theirs is None:
+        if google_crc32c is None or google_crc32c.implementation != "c" or theirs is None:
             return False  # the package's Python fallback is no faster than TensorBoard's
         if any(masked_crc32c(s) != theirs(s) for s in _SAMPLES):
             return False
