@@ -22,6 +22,7 @@ from nndiag.collect.task import (
     baseline_loss,
     loss_kind,
     loss_target,
+    output_pack,
     output_summary,
     pick_output,
     shape_mismatch,
@@ -385,6 +386,52 @@ def test_output_summary() -> None:
     assert not const["row_sum_one"]  # one unit: not a softmax
     soft = output_summary(torch.softmax(torch.randn(4, 3), 1))
     assert soft is not None and soft["row_sum_one"]
+
+
+def reference_output_pack(out: torch.Tensor) -> list[float]:
+    """The output statistics written the plain way (masked copy, ``std(dim=0)``, elementwise bounds)."""
+    x = out.detach().double()
+    x = x.reshape(1, 1) if x.dim() == 0 else x
+    finite = torch.isfinite(x)
+    z = torch.where(finite, x, torch.zeros(()).double())
+    spread = float(z.std(0, correction=0).mean()) if z.shape[0] > 1 else math.nan
+    soft = z.shape[-1] > 1 and bool(((z >= 0) & (z <= 1)).all() & ((z.sum(-1) - 1).abs() < 1e-3).all())
+    return [
+        float(z.mean()),
+        float(z.std(correction=0)),
+        float(z.min()),
+        float(z.max()),
+        spread,
+        float(soft),
+        float((~finite).sum()),
+    ]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(32, 10) * 3 + 5,
+        lambda: torch.randn(4, 6, 9),  # sequence logits: units over the last dimension, samples over the first
+        lambda: torch.softmax(torch.randn(8, 5), -1),
+        lambda: torch.sigmoid(torch.randn(16, 1)),
+        lambda: torch.full((12, 3), 0.25),  # the same prediction for every sample: spread 0
+        lambda: torch.randn(1, 7),  # one sample: no spread
+        lambda: torch.tensor([[1.0, float("nan")], [float("inf"), -2.0], [3.0, 4.0]]),
+        lambda: torch.tensor([[float("-inf")], [1.0]]),
+        lambda: (torch.randn(6, 4) * 100).to(torch.bfloat16),
+        lambda: torch.tensor(0.75),
+    ],
+)
+def test_output_pack_matches_the_plain_computation(make: Callable[[], torch.Tensor]) -> None:
+    """The fast path (finite-sum check, two-pass spread, bounds from aminmax) gives the plain statistics."""
+    out = make()
+    got = output_pack(out).tolist()
+    want = reference_output_pack(out)
+    for name, g, w in zip(["mean", "std", "min", "max", "spread", "row_sum_one", "nonfinite"], got, want, strict=True):
+        if math.isnan(w):
+            assert math.isnan(g), name
+        else:
+            assert g == pytest.approx(w, rel=1e-5, abs=1e-6), name
 
 
 def test_pick_output() -> None:
