@@ -144,3 +144,13 @@ def test_advisor_check_yields_between_rules_and_restores_switch_interval() -> No
 def test_plain_advisor_does_not_pause() -> None:
     """The calibration suite and reports call Advisor directly: no sleeping there."""
     assert Advisor().pause is None
+
+
+def test_stacked_packs_mixed_scalars_exactly() -> None:
+    from nndiag.collect.packet import _stacked
+
+    count = torch.tensor(4097)  # exact in fp32, rounded to 4096 in bf16: stacking with bf16 alone would lose it
+    got = _stacked([count, torch.tensor(0.5, dtype=torch.bfloat16), torch.tensor(True)])
+    assert got.dtype == torch.float32 and got.tolist() == [4097.0, 0.5, 1.0]
+    assert _stacked([torch.tensor([3.0]), torch.tensor(4.0)]).tolist() == [3.0, 4.0]  # 1-element 1-D with 0-d
+    assert _stacked([torch.tensor(7), torch.tensor(1.0, dtype=torch.float64)]).tolist() == [7.0, 1.0]

@@ -108,6 +108,7 @@ class ActivationCollector:
         self.observer: Any = None  # sees the forward's keywords and each module's output when armed (TaskProbe)
         self._facts_done = False
         self._last_layout: tuple[torch.Size, bool] | None = None
+        self._eager_rule = False  # the root hook's frame rule is set (see arm)
 
     @staticmethod
     def _static(mod: nn.Module) -> _Static:
@@ -147,8 +148,9 @@ class ActivationCollector:
         """
         self.armed = True
         self.full = full
-        if "torch._dynamo" in sys.modules:  # torch.compile is in use (or may be): see the function
+        if not self._eager_rule and "torch._dynamo" in sys.modules:  # torch.compile in use (or may be): see there
             _root_hook_eager_as_frame()
+            self._eager_rule = True  # once per collector (an import and a dynamo call: ~20 us a logging step)
 
     def disarm(self) -> None:
         """Stop recording (results so far are kept until :meth:`pack` or :meth:`reset`)."""

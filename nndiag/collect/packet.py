@@ -155,11 +155,24 @@ class Packet:
 def _stacked(scalars: list[torch.Tensor]) -> torch.Tensor:
     """One-element tensors -> one 1-D fp32 tensor on the first one's device.
 
-    The common case (every value 0-d on one device, none in half precision) is a single
-    ``torch.stack``, which promotes mixed dtypes itself (a half-precision value would pull large
-    counts down to fp16/bf16 with it); converting each value first costs a few microseconds each.
+    The common case (every value 0-d on one device) is a single ``torch.stack``, tried first: it
+    raises on mixed devices or shapes, and it promotes mixed dtypes itself, which is exact unless
+    the result is half precision (only half-precision floats among integer counts: the counts would
+    be rounded to fp16/bf16); those cases convert each value first, a few microseconds each.
+
+    Example:
+        >>> import torch
+        >>> _stacked([torch.tensor(3), torch.tensor(0.5)]).tolist()
+        [3.0, 0.5]
+        >>> _stacked([torch.tensor(4097), torch.tensor(0.5, dtype=torch.bfloat16)]).tolist()
+        [4097.0, 0.5]
+
     """
-    device = scalars[0].device
-    if all(s.dim() == 0 and s.device == device and s.dtype not in _HALF for s in scalars):
-        return torch.stack(scalars).float()
-    return torch.stack([s.to(device=device, dtype=torch.float32).reshape(()) for s in scalars])
+    try:
+        out = torch.stack(scalars)
+    except RuntimeError:  # several devices, or 0-d values mixed with one-element 1-D ones
+        out = None
+    if out is None or out.dtype in _HALF or out.numel() != len(scalars):
+        device = scalars[0].device
+        return torch.stack([s.to(device=device, dtype=torch.float32).reshape(()) for s in scalars])
+    return out.reshape(-1).float()

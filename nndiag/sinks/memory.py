@@ -27,7 +27,7 @@ from collections import deque
 import numpy as np
 import pandas as pd
 
-from nndiag.rows import COLUMNS, Rows
+from nndiag.rows import COLUMNS, LayoutCache, Rows
 
 _MIN_CAPACITY = 1024
 _GROWTH = 1.25  # when full, new arrays 1.25x the rows kept: amortised O(1) appends, <= 20% unused space
@@ -61,6 +61,7 @@ class MemoryHistory:
         self._lock = threading.Lock()
         self._keys: list[tuple[str, str]] = []  # code -> (layer, stat)
         self._codes: dict[tuple[str, str], int] = {}
+        self._layouts: LayoutCache[np.ndarray] = LayoutCache()  # a packet layout's codes
         self._step = np.empty(0, dtype=np.int64)
         self._value = np.empty(0, dtype=np.float64)
         self._key = np.empty(0, dtype=np.int32)
@@ -87,6 +88,10 @@ class MemoryHistory:
             self._keys.append(key)
         return code
 
+    def _codes_of(self, rows: Rows) -> np.ndarray:
+        pairs = zip(rows.layers, rows.stats, strict=True)
+        return np.fromiter((self._code(layer, stat) for layer, stat in pairs), np.int32, len(rows))
+
     def _reserve(self, n: int) -> None:
         """Room for ``n`` more rows at ``_end``: new arrays 1.25x the window plus ``n``, the window at the front."""
         if self._end + n <= len(self._step):
@@ -107,9 +112,7 @@ class MemoryHistory:
         if not n:
             return
         with self._lock:
-            codes = np.fromiter(
-                (self._code(layer, stat) for layer, stat in zip(rows.layers, rows.stats, strict=True)), np.int32, n
-            )
+            codes = self._layouts.get(rows, self._codes_of)
             self._reserve(n)
             e = self._end
             self._step[e : e + n] = rows.step

@@ -30,7 +30,7 @@ import numpy as np
 
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
-from nndiag.rows import Rows
+from nndiag.rows import LayoutCache, Rows
 from nndiag.sinks import fast_crc
 from nndiag.sinks.dashboard import BAND_TAGS, UPDATE_BAND, layout, write_layout
 
@@ -114,6 +114,7 @@ class TensorBoardSink:
         self._written: tuple[int, str] | None = None  # (step, text) of the last table written
         self._latest: tuple[int, list[Diagnosis]] | None = None  # the newest diagnoses, for the final table
         self._tags: dict[tuple[str, str], str] = {}  # (layer, stat) -> tag, for every statistic written so far
+        self._layouts: LayoutCache[list[str]] = LayoutCache()  # a packet layout's tags
 
     def write_rows(self, rows: Rows) -> None:
         """One scalar per row, batched into one event per step where the writer allows it.
@@ -124,14 +125,7 @@ class TensorBoardSink:
         """
         steps = rows.step.tolist()
         values = rows.value.tolist()
-        cache = self._tags
-        try:
-            tags = [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
-        except KeyError:  # a statistic not written before: new tags, and perhaps new layers for the layout
-            self._update_layout(rows)  # first: if it fails, the next rows try again
-            for layer, stat in zip(rows.layers, rows.stats, strict=True):
-                cache.setdefault((layer, stat), tag_for(stat, layer))
-            tags = [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
+        tags = list(self._layouts.get(rows, self._tags_of))  # a copy: the band's tags are appended below
         if Q.UPDATE_RATIO in rows.stats:  # the healthy band of the dashboard's Margin charts
             ratio_steps = sorted({st for st, stat in zip(steps, rows.stats, strict=True) if stat == Q.UPDATE_RATIO})
             for st in ratio_steps:
@@ -151,6 +145,17 @@ class TensorBoardSink:
             by_step.setdefault(step, []).append(Summary.Value(tag=tag, simple_value=value))
         for step, vals in by_step.items():
             file_writer.add_summary(Summary(value=vals), step)
+
+    def _tags_of(self, rows: Rows) -> list[str]:
+        """Tags of a packet layout not seen before (and the dashboard layout, if new layers appear)."""
+        cache = self._tags
+        try:
+            return [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
+        except KeyError:  # a statistic not written before: new tags, and perhaps new layers for the layout
+            self._update_layout(rows)  # first: if it fails, the next rows try again
+            for layer, stat in zip(rows.layers, rows.stats, strict=True):
+                cache.setdefault((layer, stat), tag_for(stat, layer))
+            return [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
 
     def _update_layout(self, rows: Rows) -> None:
         """Write the dashboard layout when layers or parameters appear that it does not show yet."""

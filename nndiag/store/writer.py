@@ -7,7 +7,9 @@ committed every ``flush_seconds`` (see :class:`~nndiag.config.RecorderConfig`).
 
 Example:
     >>> import tempfile, numpy as np
-    >>> from nndiag.rows import Rows
+    >>> import numpy as np
+
+from nndiag.rows import LayoutCache, Rows
     >>> from nndiag.store.writer import RunStore
     >>> from nndiag.store.reader import load_run
     >>> d = tempfile.mkdtemp()
@@ -25,15 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nndiag._version import __version__
 from nndiag.diagnosis import Diagnosis
-from nndiag.rows import Rows
+from nndiag.rows import LayoutCache, Rows
 from nndiag.store.schema import DDL, SCHEMA_VERSION, STORE_FILENAME
 
 
@@ -51,7 +54,8 @@ class RunStore:
         self._series: dict[tuple[str, str], int] = {
             (layer, stat): sid for sid, layer, stat in self._conn.execute("SELECT id, layer, stat FROM series")
         }
-        self._pending: list[tuple[int, int, float | None]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (steps, series ids, values) per Rows
+        self._layouts: LayoutCache[np.ndarray] = LayoutCache()  # a packet layout's series ids
         self._conn.execute("BEGIN")
         if self._get_meta("schema_version") is None:
             self._set_meta("schema_version", SCHEMA_VERSION)
@@ -82,11 +86,13 @@ class RunStore:
 
     def write_rows(self, rows: Rows) -> None:
         """Buffer rows; they reach the disk at the next :meth:`flush`."""
-        for step, layer, stat, value in zip(
-            rows.step.tolist(), rows.layers, rows.stats, rows.value.tolist(), strict=True
-        ):
-            v = None if math.isnan(value) else value
-            self._pending.append((step, self._series_id_later(layer, stat), v))
+        if len(rows):
+            sids = self._layouts.get(rows, self._series_ids)
+            self._pending.append((np.array(rows.step, dtype=np.int64), sids, np.array(rows.value, dtype=np.float64)))
+
+    def _series_ids(self, rows: Rows) -> np.ndarray:
+        pairs = zip(rows.layers, rows.stats, strict=True)
+        return np.fromiter((self._series_id_later(layer, stat) for layer, stat in pairs), np.int64, len(rows))
 
     def _series_id_later(self, layer: str, stat: str) -> int:
         sid = self._series.get((layer, stat))
@@ -133,7 +139,11 @@ class RunStore:
         """Commit buffered rows in one transaction."""
         if not self._pending:
             return
-        rows, self._pending = self._pending, []
+        chunks, self._pending = self._pending, []
+        steps, sids, values = (np.concatenate(c) for c in zip(*chunks, strict=True))
+        cells = values.astype(object)
+        cells[np.isnan(values)] = None  # NaN is stored as NULL
+        rows = zip(steps.tolist(), sids.tolist(), cells.tolist(), strict=True)
         self._conn.execute("BEGIN")
         self._conn.executemany("INSERT INTO scalars (step, series, value) VALUES (?, ?, ?)", rows)
         self._conn.execute("COMMIT")
