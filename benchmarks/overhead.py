@@ -21,6 +21,13 @@ between repeats, which on a shared 2-core VM is several percent over a minute).
 ``default`` is judged on the mean (what a user pays, logging steps at their real frequency), the
 others on the median.
 
+Garbage: before each run the benchmark collects the previous runs' garbage (``gc.collect()``), so
+that a full collection triggered by what earlier runs left behind (trainers, reports) does not land
+on whichever mode runs next; ``gen2`` is the number of Python generation-2 collections during the
+mode's measured steps (all repeats) and ``gen2 ms`` their total time. On this CPU one such
+collection of the process's ~320 k tracked objects (mostly torch's and Lightning's) takes
+~130-160 ms, which is what the rare long steps in the ``max`` column are.
+
 ``--memory`` prints instead the peak resident memory of a fresh process per mode (``ru_maxrss``),
 its excess over plain, and the size of one copy of the parameters (what nndiag's weight copy holds).
 
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import platform
 import statistics
@@ -88,6 +96,26 @@ class Classifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
+class Gen2Clock:
+    """Generation-2 garbage collections (start time, duration) seen by ``gc.callbacks`` while installed."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, float]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.events.append((self._start, time.perf_counter() - self._start))
+
+    def within(self, begin: float, end: float) -> list[float]:
+        """Durations of the collections that started in ``[begin, end)``."""
+        return [d for t, d in self.events if begin <= t < end]
+
+
 class StepTimer(L.Callback):
     """Batch-start timestamps."""
 
@@ -130,11 +158,14 @@ def callbacks_for(mode: str, directory: str) -> list[L.Callback]:
     return []
 
 
-def run(model_name: str, mode: str, steps: int, seed: int, skip: int) -> list[float]:
-    """Step times after ``skip`` steps."""
+def run(model_name: str, mode: str, steps: int, seed: int, skip: int, gen2: list[float] | None = None) -> list[float]:
+    """Step times after ``skip`` steps; ``gen2`` gets the durations of full collections within them."""
     make, shape, batch = MODELS[model_name]
     torch.manual_seed(seed)
+    gc.collect()  # earlier runs' garbage is collected now, not during this run's steps
     timer = StepTimer()
+    clock = Gen2Clock()
+    gc.callbacks.append(clock)
     with tempfile.TemporaryDirectory() as d:
         callbacks: list[Any] = [*callbacks_for(mode, d), timer]
         extra = getattr(callbacks[0], "trainer_kwargs", {}) if len(callbacks) > 1 else {}
@@ -144,7 +175,12 @@ def run(model_name: str, mode: str, steps: int, seed: int, skip: int) -> list[fl
             accelerator="auto", devices=1, **extra,
         )  # fmt: skip
         loader = torch.utils.data.DataLoader(Batches(shape, batch, steps + 1), batch_size=None)
-        trainer.fit(Classifier(make()), loader)
+        try:
+            trainer.fit(Classifier(make()), loader)
+        finally:
+            gc.callbacks.remove(clock)
+    if gen2 is not None and len(timer.starts) > skip + 1:
+        gen2 += clock.within(timer.starts[skip], timer.starts[-1])
     return timer.step_times(skip)
 
 
@@ -197,15 +233,16 @@ def main() -> None:
     print(f"# nndiag overhead: {platform.platform()}, torch {torch.__version__}, {device}, {datetime.date.today()}")
     print(f"# {args.steps} steps per run, first {args.skip} left out, {args.repeats} interleaved repeats")
     head = f"{'model':6} {'mode':10} {'median ms':>9} {'mean ms':>8} {'median x':>8} {'mean x':>7}"
-    print(head + f" {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7} {'paired x':>8}")
+    print(head + f" {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7} {'paired x':>8} {'gen2':>4} {'gen2 ms':>7}")
     for name in args.models.split(","):
         times: dict[str, list[float]] = {m: [] for m in modes}
         paired: dict[str, list[float]] = {m: [] for m in modes}  # per repeat: mode median / plain median
+        gen2: dict[str, list[float]] = {m: [] for m in modes}  # full collections within the measured steps
         for r in range(args.repeats):
             k = r % len(modes)
             this: dict[str, list[float]] = {}
             for mode in modes[k:] + modes[:k]:  # rotate the order: no mode always runs first
-                this[mode] = run(name, mode, args.steps, seed=r, skip=args.skip)
+                this[mode] = run(name, mode, args.steps, seed=r, skip=args.skip, gen2=gen2[mode])
                 times[mode] += this[mode]
             for mode, t in this.items():
                 paired[mode].append(statistics.median(t) / statistics.median(this["plain"]))
@@ -217,6 +254,7 @@ def main() -> None:
             print(
                 f"{name:6} {mode:10} {med * 1e3:9.2f} {mean * 1e3:8.2f} {med / base_med:8.3f} {mean / base_mean:7.3f}"
                 f" {qs} {max(t) * 1e3:7.1f} {statistics.median(paired[mode]):8.3f}"
+                f" {len(gen2[mode]):4d} {sum(gen2[mode]) * 1e3:7.0f}"
             )
 
 
