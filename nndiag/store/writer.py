@@ -7,9 +7,7 @@ committed every ``flush_seconds`` (see :class:`~nndiag.config.RecorderConfig`).
 
 Example:
     >>> import tempfile, numpy as np
-    >>> import numpy as np
-
-from nndiag.rows import LayoutCache, Rows
+    >>> from nndiag.rows import Rows
     >>> from nndiag.store.writer import RunStore
     >>> from nndiag.store.reader import load_run
     >>> d = tempfile.mkdtemp()
