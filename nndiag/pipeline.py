@@ -165,12 +165,10 @@ class Pipeline:
     def _burst(self, first: Any) -> list[Any]:
         """``first`` and everything queued behind it now (in order)."""
         items = [first]
-        while first is not _STOP:
+        while items[-1] is not _STOP:  # nothing after the stop is taken
             try:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
-                break
-            if items[-1] is _STOP:
                 break
         return items
 

@@ -33,7 +33,7 @@ class Rows:
     layers: list[str]
     stats: list[str]
     value: np.ndarray
-    _layout: tuple[tuple[str, ...], tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+    _layout: tuple[tuple[str, ...], tuple[str, ...]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -82,8 +82,8 @@ def output_pack(out: torch.Tensor) -> torch.Tensor:
         x = out.detach().float()
         if x.dim() == 0:
             x = x.reshape(1, 1)
-        total = x.sum()
-        if x.is_cpu and math.isfinite(total.item()):  # inf or nan anywhere makes the sum non-finite
+        total = x.sum() if x.is_cpu else None
+        if total is not None and math.isfinite(total.item()):  # inf or nan anywhere makes the sum non-finite
             z, bad = x, torch.zeros(())
         else:
             finite = torch.isfinite(x)
@@ -101,9 +101,7 @@ def output_pack(out: torch.Tensor) -> torch.Tensor:
             softmaxy = (low >= 0) & (high <= 1) & ((z.sum(-1) - 1).abs() < 1e-3).all()
         else:
             softmaxy = torch.zeros((), dtype=torch.bool, device=z.device)
-        return torch.stack(
-            [total / z.numel(), z.std(correction=0), low, high, spread, softmaxy.float(), bad.to(z.device)]
-        )
+        return torch.stack([total / z.numel(), z.std(correction=0), low, high, spread, softmaxy.float(), bad])
 
 
 def output_finish(values: list[float], shape: tuple[int, ...]) -> dict[str, Any]:

@@ -113,7 +113,6 @@ class TensorBoardSink:
         self._shown: list[tuple[str, str | None, bool]] | None = None  # (code, layer, resolved) of the last table
         self._written: tuple[int, str] | None = None  # (step, text) of the last table written
         self._latest: tuple[int, list[Diagnosis]] | None = None  # the newest diagnoses, for the final table
-        self._tags: dict[tuple[str, str], str] = {}  # (layer, stat) -> tag, for every statistic written so far
         self._layouts: LayoutCache[list[str]] = LayoutCache()  # a packet layout's tags
 
     def write_rows(self, rows: Rows) -> None:
@@ -148,14 +147,8 @@ class TensorBoardSink:
 
     def _tags_of(self, rows: Rows) -> list[str]:
         """Tags of a packet layout not seen before (and the dashboard layout, if new layers appear)."""
-        cache = self._tags
-        try:
-            return [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
-        except KeyError:  # a statistic not written before: new tags, and perhaps new layers for the layout
-            self._update_layout(rows)  # first: if it fails, the next rows try again
-            for layer, stat in zip(rows.layers, rows.stats, strict=True):
-                cache.setdefault((layer, stat), tag_for(stat, layer))
-            return [cache[key] for key in zip(rows.layers, rows.stats, strict=True)]
+        self._update_layout(rows)  # first: if it fails, nothing is cached and the next rows try again
+        return [tag_for(stat, layer) for layer, stat in zip(rows.layers, rows.stats, strict=True)]
 
     def _update_layout(self, rows: Rows) -> None:
         """Write the dashboard layout when layers or parameters appear that it does not show yet."""
