@@ -33,9 +33,23 @@ def pivot_last(frame: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
     """
     if frame.empty:
         return pd.DataFrame(index=pd.Index([], name=index), columns=pd.Index([], name=columns), dtype=float)
-    rows, row_labels = pd.factorize(frame[index], sort=True)
-    cols, col_labels = pd.factorize(frame[columns], sort=True)
-    values = frame["value"].to_numpy(dtype=float)
+    return pivot_arrays(frame[index].to_numpy(), frame[columns].to_numpy(), frame["value"].to_numpy(), index, columns)
+
+
+def pivot_arrays(
+    index_values: np.ndarray, column_values: np.ndarray, values: np.ndarray, index: str, columns: str
+) -> pd.DataFrame:
+    """:func:`pivot_last` of three aligned arrays (the labels of each row, and its value).
+
+    Example:
+        >>> import numpy as np
+        >>> pivot_arrays(np.array([1, 0, 1]), np.array(["a", "a", "a"]), np.array([1.0, 2.0, np.nan]),
+        ...              "step", "layer").to_dict()
+        {'a': {0: 2.0, 1: 1.0}}
+    """
+    rows, row_labels = pd.factorize(index_values, sort=True)
+    cols, col_labels = pd.factorize(column_values, sort=True)
+    values = np.asarray(values, dtype=float)
     keep = ~np.isnan(values)
     flat = rows[keep] * len(col_labels) + cols[keep]
     # the last occurrence of each cell: the first one in the reversed order
@@ -65,4 +79,4 @@ def forward_sorted(names: Iterable[str], forward_order: Sequence[str] | None) ->
     return sorted(names, key=key)
 
 
-__all__ = ["forward_sorted", "pivot_last"]
+__all__ = ["forward_sorted", "pivot_arrays", "pivot_last"]

@@ -89,7 +89,12 @@ def _ratios(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[str
     """Grad-norm matrix, first/last weight-gradient ratio per step, and the (first, last) pair used per step.
 
     First and last are the first and last weight tensors with a finite, non-zero gradient at that step.
+    Computed once per view (the exploding and vanishing gradient rules both read it).
     """
+    return view.derived("gradient_ratios", lambda: _ratios_of(view))
+
+
+def _ratios_of(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[str, str]]]:
     g = view.matrix(Q.GRAD_NORM)
     weights = [w for w in weight_params(view) if w in g.columns]
     if g.empty or len(weights) < 2:
@@ -172,8 +177,7 @@ def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis
     gradient large (``input_not_normalized`` names that cause).
     """
     k = t.sustained_checks
-    h = view.history
-    grads = h[h.stat == Q.GRAD_NORM]
+    grads = view.rows(Q.GRAD_NORM)
     if grads.empty:
         return []
     nonfinite = grads[~np.isfinite(grads.value.to_numpy(dtype=float))]

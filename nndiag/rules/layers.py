@@ -97,15 +97,13 @@ def sustained_since(mask: pd.Series, checks: int) -> int | None:
         >>> sustained_since(pd.Series([True, True, False], index=[0, 1, 2]), 1) is None
         True
     """
-    values = mask.sort_index().to_numpy(dtype=bool)
-    n = 0
-    for v in values[::-1]:
-        if not v:
-            break
-        n += 1
+    ordered = mask if mask.index.is_monotonic_increasing else mask.sort_index()
+    values = ordered.to_numpy(dtype=bool)
+    false = np.flatnonzero(~values)
+    n = len(values) - (int(false[-1]) + 1 if len(false) else 0)  # the trailing run of True
     if n == 0 or n < checks:
         return None
-    return int(mask.sort_index().index[len(values) - n])
+    return int(ordered.index[len(values) - n])
 
 
 def first_step(view: RunView) -> int:

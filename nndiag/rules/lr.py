@@ -38,7 +38,7 @@ from nndiag.rules.ratios import (
     last_streak_start,
     lr_text,
     ratio_checks,
-    streak_from,
+    streak_start,
 )
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
@@ -56,24 +56,33 @@ class LrHighThresholds(UpdateRatioThresholds, BaselineThresholds):
 def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None:
     """(layer, onset, what) of a layer that now passes only a constant but did not at step 0."""
     dead = view.matrix(Q.DEAD_FRAC)
-    for layer in dead.columns:
-        col = dead[layer].dropna()
-        if len(col) < 2 or col.iloc[0] >= t.lr_collapse_dead_frac:
+    for layer, steps, col in _columns(dead):
+        if len(col) < 2 or col[0] >= t.lr_collapse_dead_frac:
             continue
-        start = streak_from(col >= t.lr_collapse_dead_frac)
+        start = streak_start(steps, col >= t.lr_collapse_dead_frac)
         if start is not None:
-            return str(layer), start, f"{col.iloc[-1]:.0%} of the units of {layer} died"
+            return str(layer), start, f"{col[-1]:.0%} of the units of {layer} died"
     std = view.matrix(Q.ACT_STD)
-    for layer in std.columns:
-        if layer == "input":
+    for layer, steps, col in _columns(std):
+        if layer == "input" or len(col) < 2 or not col[0] > 0:
             continue
-        col = std[layer].dropna()
-        if len(col) < 2 or not col.iloc[0] > 0:
-            continue
-        start = streak_from(col <= t.lr_collapse_std_frac * col.iloc[0])
+        start = streak_start(steps, col <= t.lr_collapse_std_frac * col[0])
         if start is not None:
             return str(layer), start, f"the output of {layer} became constant"
     return None
+
+
+def _columns(m: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(column, steps, values)`` of each column of a steps x layers matrix, NaN cells left out."""
+    if m.empty:
+        return []
+    values = m.to_numpy(dtype=float)
+    steps = m.index.to_numpy()
+    out = []
+    for j, name in enumerate(m.columns):
+        keep = ~np.isnan(values[:, j])
+        out.append((str(name), steps[keep], values[keep, j]))
+    return out
 
 
 def _collapsed_in_training(view: RunView, t: LrHighThresholds) -> bool:

@@ -161,7 +161,8 @@ def _cause(view: RunView, param: str, since: int) -> str:
         g = grads[param][grads.index >= since].dropna()
         if len(g) and (g == 0).all():
             return "no_gradient"
-    lrs = view.history[(view.history.stat == Q.LR) & (view.history.step >= since)]
+    lrs = view.rows(Q.LR)
+    lrs = lrs[lrs.step >= since]
     if len(lrs) and (lrs.groupby("layer").value.max() == 0).any():
         return "zero_lr"
     return "other"

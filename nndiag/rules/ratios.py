@@ -54,8 +54,13 @@ def weight_matrices(view: RunView, names: list[str]) -> list[str]:
 def ratio_checks(view: RunView, how: str = "median") -> pd.Series:
     """Update/weight ratio over the weight matrices at each logging step: their median (or ``"max"``).
 
-    Only finite ratios count (a zero weight tensor has none); steps with none are dropped.
+    Only finite ratios count (a zero weight tensor has none); steps with none are dropped. Computed once
+    per view (the learning-rate rules read it several times at one check).
     """
+    return view.derived(("ratio_checks", how), lambda: _ratio_checks(view, how))
+
+
+def _ratio_checks(view: RunView, how: str) -> pd.Series:
     m = view.matrix(Q.UPDATE_RATIO)
     if m.empty:
         return pd.Series(dtype=float)
@@ -69,11 +74,21 @@ def ratio_checks(view: RunView, how: str = "median") -> pd.Series:
 
 def streak_from(mask: pd.Series) -> int | None:
     """Index label where the final run of ``True`` begins, or ``None`` if the last entry is ``False``."""
-    if mask.empty or not bool(mask.iloc[-1]):
+    return streak_start(mask.index.to_numpy(), mask.to_numpy(dtype=bool))
+
+
+def streak_start(steps: np.ndarray, mask: np.ndarray) -> int | None:
+    """:func:`streak_from` of a mask given as arrays: the step where its final run of ``True`` begins.
+
+    Example:
+        >>> import numpy as np
+        >>> streak_start(np.array([0, 10, 20, 30]), np.array([True, False, True, True]))
+        20
+    """
+    if not len(mask) or not mask[-1]:
         return None
-    values = mask.to_numpy(dtype=bool)
-    false = np.flatnonzero(~values)
-    return int(mask.index[false[-1] + 1 if len(false) else 0])
+    false = np.flatnonzero(~mask)
+    return int(steps[int(false[-1]) + 1 if len(false) else 0])
 
 
 def last_streak_start(mask: pd.Series) -> int | None:

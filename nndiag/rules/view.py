@@ -1,7 +1,7 @@
 """``RunView``: the read-only view of a run that rules evaluate (history + model facts).
 
 Rules never touch the raw DataFrame layout; they ask the view for a series or a
-steps x layers matrix (:func:`nndiag.pivot.pivot_last`), and for model facts
+steps x layers matrix (:func:`nndiag.pivot.pivot_arrays`), and for model facts
 (:class:`~nndiag.facts.ModelFacts`; a plain facts dict is converted) in forward order.
 
 Example:
@@ -19,15 +19,18 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
 
 from nndiag import quantities as Q
 from nndiag.facts import LayerFacts, ModelFacts, ParamFacts
-from nndiag.pivot import forward_sorted, pivot_last
+from nndiag.pivot import forward_sorted, pivot_arrays
+
+T = TypeVar("T")
 
 
 class RunView:
@@ -39,9 +42,21 @@ class RunView:
         self.history = history
         self.finished = finished  # the run has ended: end-of-run rules (undertrained) may speak
         self.facts = ModelFacts.from_dict(facts)
-        self._by_stat = {stat: frame for stat, frame in history.groupby("stat", sort=False)} if len(history) else {}
         self._matrices: dict[str, pd.DataFrame] = {}
         self._series: dict[str, dict[str, pd.Series]] = {}
+        self._frames: dict[str, pd.DataFrame] = {}
+        self._derived: dict[Hashable, Any] = {}
+        # the history's row numbers of each statistic, in history order: one factorize and one sort
+        # per check instead of a DataFrame per statistic (a check asks for most statistics' series)
+        self._rows: dict[str, np.ndarray] = {}
+        if len(history):
+            codes, names = pd.factorize(history["stat"].to_numpy())
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+            self._rows = {str(name): order[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}
+            self._step = history["step"].to_numpy()
+            self._layer = history["layer"].to_numpy()
+            self._value = history["value"].to_numpy(dtype=float)
 
     @cached_property
     def last_step(self) -> int:
@@ -50,7 +65,29 @@ class RunView:
 
     def has(self, stat: str) -> bool:
         """Whether ``stat`` was recorded at all."""
-        return stat in self._by_stat
+        return stat in self._rows
+
+    def derived(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, once per view: an analysis several rules read at one check (callers must not modify it).
+
+        Example:
+            >>> v = RunView(pd.DataFrame())
+            >>> calls = []
+            >>> [v.derived("x", lambda: calls.append(1) or 5) for _ in range(2)], len(calls)
+            ([5, 5], 1)
+        """
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return cast(T, self._derived[key])
+
+    def rows(self, stat: str) -> pd.DataFrame:
+        """The history's rows of one statistic (in history order, original index; empty if unrecorded)."""
+        frame = self._frames.get(stat)
+        if frame is None:
+            idx = self._rows.get(stat)
+            frame = self.history.iloc[idx] if idx is not None else self.history.iloc[:0]
+            self._frames[stat] = frame
+        return frame
 
     def series(self, stat: str, layer: str = "") -> pd.Series:
         """Values of one statistic of one layer, indexed by step (run-wide stats: layer ``""``).
@@ -59,13 +96,18 @@ class RunView:
         """
         by_layer = self._series.get(stat)
         if by_layer is None:
-            frame = self._by_stat.get(stat)
             by_layer = {}
-            if frame is not None:
-                for name, sel in frame.groupby("layer", sort=False):
-                    steps = sel.step.to_numpy()
-                    order = np.argsort(steps, kind="stable")
-                    by_layer[str(name)] = pd.Series(sel.value.to_numpy()[order], index=steps[order], dtype=float)
+            idx = self._rows.get(stat)
+            if idx is not None:
+                codes, names = pd.factorize(self._layer[idx])  # a missing layer name: code -1, left out
+                steps = self._step[idx]
+                order = np.lexsort((steps, codes))  # by layer, then by step (stable)
+                bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+                values = self._value[idx][order]
+                steps = steps[order]
+                for i, name in enumerate(names):
+                    a, b = bounds[i], bounds[i + 1]
+                    by_layer[str(name)] = pd.Series(values[a:b], index=steps[a:b], dtype=float)
             self._series[stat] = by_layer
         found = by_layer.get(layer)
         return pd.Series(dtype=float) if found is None else found
@@ -73,11 +115,11 @@ class RunView:
     def matrix(self, stat: str) -> pd.DataFrame:
         """Steps x layers matrix of one statistic; columns in forward order where known."""
         if stat not in self._matrices:
-            frame = self._by_stat.get(stat)
-            if frame is None or frame.empty:
+            idx = self._rows.get(stat)
+            if idx is None or not len(idx):
                 self._matrices[stat] = pd.DataFrame()
             else:
-                m = pivot_last(frame, "step", "layer")
+                m = pivot_arrays(self._step[idx], self._layer[idx], self._value[idx], "step", "layer")
                 self._matrices[stat] = m[self.ordered([str(c) for c in m.columns])]
         return self._matrices[stat]
 
@@ -136,5 +178,7 @@ class RunView:
 
 
 def finite(values: pd.Series) -> pd.Series:
-    """The finite values of a series."""
+    """The finite values of a series (of a float series: one vectorised test)."""
+    if values.dtype.kind == "f":
+        return values[np.isfinite(values.to_numpy())]
     return values[values.map(lambda v: isinstance(v, float) and math.isfinite(v))]

@@ -1,0 +1,84 @@
+"""RunView's series, matrices and per-statistic rows equal the plain pandas computations.
+
+The view splits the history with one factorize and one sort per check (not a groupby per
+statistic); these tests compare it with ``groupby``/``pivot_table`` on awkward histories: steps out
+of order, repeated (step, layer) cells, NaN and Inf values, the run-wide layer ``""``, a statistic
+of one row, and an empty history.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nndiag.pivot import pivot_arrays, pivot_last
+from nndiag.rules.view import RunView
+
+
+def awkward_history(seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 400
+    layers = np.array(["", "fc1", "act", "fc2", "fc1.weight"], dtype=object)
+    stats = np.array(["loss", "act_std", "grad_norm", "update_ratio"], dtype=object)
+    values = rng.normal(size=n)
+    values[rng.random(n) < 0.1] = np.nan
+    values[rng.random(n) < 0.03] = np.inf
+    frame = pd.DataFrame(
+        {
+            "step": rng.integers(0, 40, n),  # out of order, with repeated cells
+            "layer": layers[rng.integers(0, len(layers), n)],
+            "stat": stats[rng.integers(0, len(stats), n)],
+            "value": values,
+        }
+    )
+    single = pd.DataFrame({"step": [7], "layer": ["fc2"], "stat": ["dead_frac"], "value": [0.5]})
+    return pd.concat([frame, single], ignore_index=True)
+
+
+def reference_series(h: pd.DataFrame, stat: str, layer: str) -> pd.Series:
+    sel = h[(h.stat == stat) & (h.layer == layer)]
+    order = np.argsort(sel.step.to_numpy(), kind="stable")
+    return pd.Series(sel.value.to_numpy()[order], index=sel.step.to_numpy()[order], dtype=float)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_series_rows_and_matrices_match_pandas(seed: int) -> None:
+    h = awkward_history(seed)
+    view = RunView(h, {"forward_order": ["fc1", "act", "fc2"]})
+    for stat in [*h.stat.unique(), "never_recorded"]:
+        rows = view.rows(stat)
+        pd.testing.assert_frame_equal(rows, h[h.stat == stat])
+        assert view.has(stat) == (stat in set(h.stat))
+        for layer in [*h.layer.unique(), "nowhere"]:
+            got = view.series(stat, layer)
+            want = reference_series(h, stat, layer)
+            np.testing.assert_array_equal(got.index.to_numpy(), want.index.to_numpy())
+            np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
+        sel = h[h.stat == stat]
+        if sel.empty:
+            assert view.matrix(stat).empty
+            continue
+        want_matrix = sel.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+        got_matrix = view.matrix(stat)
+        assert list(got_matrix.columns) == view.ordered([str(c) for c in want_matrix.columns])
+        pd.testing.assert_frame_equal(
+            got_matrix[sorted(got_matrix.columns)], want_matrix[sorted(want_matrix.columns)], check_names=False
+        )
+
+
+def test_pivot_last_is_pivot_arrays_of_its_columns() -> None:
+    h = awkward_history(11)
+    a = pivot_last(h, "layer", "step")
+    b = pivot_arrays(h.layer.to_numpy(), h.step.to_numpy(), h.value.to_numpy(), "layer", "step")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_an_empty_history_has_nothing() -> None:
+    for h in (pd.DataFrame(), pd.DataFrame(columns=["step", "layer", "stat", "value"])):
+        view = RunView(h)
+        assert view.last_step == -1
+        assert not view.has("loss")
+        assert view.series("loss").empty
+        assert view.matrix("loss").empty
+        assert view.rows("loss").empty
