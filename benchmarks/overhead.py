@@ -29,8 +29,13 @@ mode's measured steps (all repeats) and ``gen2 ms`` their total time. On this CP
 collection of the process's ~320 k tracked objects (mostly torch's and Lightning's) takes
 ~130-160 ms, which is what the rare long steps in the ``max`` column are.
 
-``--memory`` prints instead the peak resident memory of a fresh process per mode (``ru_maxrss``),
-its excess over plain, and the size of one copy of the parameters (what nndiag's weight copy holds).
+``--memory`` prints instead the peak resident memory of a fresh process per mode (``ru_maxrss``):
+while training (read at the last batch end) and for the whole process (nndiag's post-run report
+included), each with its excess over plain, and the size of one copy of the parameters (what
+nndiag's weight copy holds). The child processes run with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc):
+with the default, adaptive threshold freed tensors stay in the heap and the peak varies by tens of
+MiB with the order of allocations. ``mlp_wide`` (the MLP 4x wider, 11 M parameters) shows how the
+excess grows with the model.
 
 Usage:
     python benchmarks/overhead.py [--steps 300] [--repeats 3] [--models 3c3d,mlp] [--modes plain,default,...]
@@ -44,6 +49,7 @@ import datetime
 import gc
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -78,7 +84,19 @@ def net_mlp() -> nn.Module:
     )  # fmt: skip
 
 
-MODELS = {"3c3d": (net_3c3d, (3, 32, 32), 128), "mlp": (net_mlp, (784,), 256)}
+def net_mlp_wide() -> nn.Module:
+    """The MLP 4x wider (11 M parameters): with ``--memory``, how nndiag's memory grows with the model."""
+    return nn.Sequential(
+        nn.Linear(784, 4000), nn.ReLU(), nn.Linear(4000, 2000), nn.ReLU(),
+        nn.Linear(2000, 100), nn.ReLU(), nn.Linear(100, 10),
+    )  # fmt: skip
+
+
+MODELS = {
+    "3c3d": (net_3c3d, (3, 32, 32), 128),
+    "mlp": (net_mlp, (784,), 256),
+    "mlp_wide": (net_mlp_wide, (784,), 256),
+}
 
 
 class Classifier(L.LightningModule):
@@ -118,10 +136,16 @@ class Gen2Clock:
 
 
 class StepTimer(L.Callback):
-    """Batch-start timestamps."""
+    """Batch-start timestamps; with ``rss``, the process's peak resident memory at each batch end (KiB)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rss: bool = False) -> None:
         self.starts: list[float] = []
+        self.rss = rss
+        self.peak_kib = 0  # ru_maxrss at the last batch end: the peak while training, before any teardown
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.rss:
+            self.peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if pl_module.device.type == "cuda":
@@ -159,12 +183,24 @@ def callbacks_for(mode: str, directory: str) -> list[L.Callback]:
     return []
 
 
-def run(model_name: str, mode: str, steps: int, seed: int, skip: int, gen2: list[float] | None = None) -> list[float]:
-    """Step times after ``skip`` steps; ``gen2`` gets the durations of full collections within them."""
+def run(
+    model_name: str,
+    mode: str,
+    steps: int,
+    seed: int,
+    skip: int,
+    gen2: list[float] | None = None,
+    peak: list[float] | None = None,
+) -> list[float]:
+    """Step times after ``skip`` steps; ``gen2`` gets the durations of full collections within them.
+
+    ``peak`` gets the process's peak resident memory (MiB) at the end of the last training batch,
+    before the callbacks' teardown (nndiag's post-run report).
+    """
     make, shape, batch = MODELS[model_name]
     torch.manual_seed(seed)
     gc.collect()  # earlier runs' garbage is collected now, not during this run's steps
-    timer = StepTimer()
+    timer = StepTimer(rss=peak is not None)
     clock = Gen2Clock()
     gc.callbacks.append(clock)
     with tempfile.TemporaryDirectory() as d:
@@ -182,32 +218,50 @@ def run(model_name: str, mode: str, steps: int, seed: int, skip: int, gen2: list
             gc.callbacks.remove(clock)
     if gen2 is not None and len(timer.starts) > skip + 1:
         gen2 += clock.within(timer.starts[skip], timer.starts[-1])
+    if peak is not None:
+        peak.append(timer.peak_kib / 1024)  # Linux: KiB
     return timer.step_times(skip)
 
 
-def peak_rss_mib(model: str, mode: str, steps: int) -> float:
-    """Peak resident memory (MiB) of a fresh process that trains ``steps`` steps in ``mode``."""
+def peak_rss_mib(model: str, mode: str, steps: int) -> tuple[float, float]:
+    """Peak resident memory (MiB) of a fresh process that trains ``steps`` steps in ``mode``.
+
+    Returns the peak while training (at the last batch end) and the peak of the whole process (the
+    post-run report and teardown included).
+    """
     code = (
         "import resource, sys, warnings; warnings.filterwarnings('ignore'); sys.path.insert(0, sys.argv[1]);"
-        "import overhead; overhead.run(sys.argv[2], sys.argv[3], int(sys.argv[4]), 0, 0);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "import overhead; peak = []; overhead.run(sys.argv[2], sys.argv[3], int(sys.argv[4]), 0, 0, peak=peak);"
+        "print(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
     here = os.path.dirname(os.path.abspath(__file__))
+    # a fixed mmap threshold: glibc otherwise raises it after a large block is freed, and the heap then
+    # keeps freed tensors' pages, so the peak depends on the allocation order more than on what is live
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ}
     out = subprocess.run(
-        [sys.executable, "-c", code, here, model, mode, str(steps)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, here, model, mode, str(steps)], capture_output=True, text=True, check=True, env=env
     )
-    return int(out.stdout.strip().splitlines()[-1]) / 1024  # Linux: KiB
+    training, process = out.stdout.strip().splitlines()[-1].split()
+    return float(training), float(process)
 
 
 def memory_table(models: list[str], modes: list[str], steps: int) -> None:
-    """Peak RSS per mode in fresh processes, and over plain (the weight copy is one parameter copy)."""
-    print(f"{'model':6} {'mode':10} {'peak RSS MiB':>12} {'over plain':>10} {'one param copy MiB':>18}")
+    """Peak RSS per mode in fresh processes, and over plain (the weight copy is one parameter copy).
+
+    The process imports nndiag (and its libraries) in every mode, plain included, so the excess over
+    plain is what the mode allocates while it runs.
+    """
+    head = f"{'model':6} {'mode':10} {'training MiB':>12} {'over plain':>10} {'process MiB':>11} {'over plain':>10}"
+    print(head + f" {'one param copy MiB':>18}")
+    modes = ["plain", *[m for m in modes if m != "plain"]]  # the baseline, first
     for name in models:
         make = MODELS[name][0]
         copy_mib = sum(p.numel() * p.element_size() for p in make().parameters()) / 2**20
         peaks = {mode: peak_rss_mib(name, mode, steps) for mode in modes}
-        for mode, peak in peaks.items():
-            print(f"{name:6} {mode:10} {peak:12.1f} {peak - peaks['plain']:10.1f} {copy_mib:18.1f}")
+        base = peaks["plain"]
+        for mode, (training, process) in peaks.items():
+            row = f"{name:6} {mode:10} {training:12.1f} {training - base[0]:10.1f} {process:11.1f}"
+            print(row + f" {process - base[1]:10.1f} {copy_mib:18.1f}")
 
 
 def quantile(xs: list[float], q: float) -> float:
