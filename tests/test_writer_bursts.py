@@ -82,3 +82,26 @@ def test_a_filling_queue_ends_the_wait():
     assert seen.times[0] - start < 1.0
     pipe.close()
     assert seen.steps == [0, 1, 2] and pipe.dropped == 0
+
+
+class Urgency(Subscriber):
+    """The ``urgent`` flag each packet was handed on with."""
+
+    def __init__(self) -> None:
+        self.flags: list[tuple[int, bool]] = []
+
+    def after_packet(self, packet, urgent) -> None:
+        self.flags.append((packet.step, urgent))
+
+
+def test_only_the_first_non_finite_loss_makes_a_packet_urgent():
+    seen = Urgency()
+    pipe = Pipeline(subscribers=[seen], batch_seconds=0.0)
+    nan = float("nan")
+    pipe.submit(Packet.build(0, losses=torch.tensor([1.0]), loss_steps=[0]))
+    # a NaN statistic that is not the loss (an activation std) is not urgent
+    pipe.submit(Packet.build(1, torch.tensor([1.0]), [1], [("fc", "act_std")], [torch.tensor(nan)]))
+    pipe.submit(Packet.build(3, losses=torch.tensor([2.0, float("inf")]), loss_steps=[2, 3]))
+    pipe.submit(Packet.build(4, losses=torch.tensor([nan]), loss_steps=[4]))  # not the first any more
+    pipe.close()
+    assert seen.flags == [(0, False), (1, False), (3, True), (4, False)]
