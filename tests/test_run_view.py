@@ -82,3 +82,33 @@ def test_an_empty_history_has_nothing() -> None:
         assert view.series("loss").empty
         assert view.matrix("loss").empty
         assert view.rows("loss").empty
+
+
+def pandas_stuck(view: RunView, names: list[str]) -> pd.DataFrame:
+    """The frozen-parameter mask as it was written in pandas (the reference for the numpy version)."""
+    upd, wn = view.matrix("update_ratio"), view.matrix("weight_norm")
+    index = upd.index.union(wn.index)
+    r = upd.reindex(index=index, columns=names)
+    w = wn.reindex(index=index, columns=names)
+    same = (w == w.shift(1)) | (w == 0)
+    return (r == 0) | (r.isna() & w.notna() & same)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_frozen_parameter_mask_matches_its_pandas_form(seed: int) -> None:
+    from nndiag.rules.params import _stuck
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(0, 60, 3):
+        for name in ("a.weight", "a.bias", "b.weight"):
+            ratio = rng.choice([0.0, 1e-3, np.nan])
+            norm = rng.choice([0.0, 1.5, 2.5, np.nan])
+            if step % 2 or name != "b.weight":  # b.weight: weight norms on some steps only
+                rows.append((step, name, "weight_norm", norm))
+            if rng.random() < 0.8:
+                rows.append((step, name, "update_ratio", ratio))
+    view = RunView(pd.DataFrame(rows, columns=["step", "layer", "stat", "value"]))
+    names = ["a.weight", "a.bias", "b.weight", "never.recorded"]
+    got = _stuck(view, names)
+    pd.testing.assert_frame_equal(got, pandas_stuck(view, names), check_names=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from nndiag import quantities as Q
@@ -87,10 +88,13 @@ def _stuck(view: RunView, names: list[str]) -> pd.DataFrame:
     upd = view.matrix(Q.UPDATE_RATIO)
     wn = view.matrix(Q.WEIGHT_NORM)
     index = upd.index.union(wn.index)
-    r = upd.reindex(index=index, columns=names)
-    w = wn.reindex(index=index, columns=names)
-    same = (w == w.shift(1)) | (w == 0)
-    return (r == 0) | (r.isna() & w.notna() & same)
+    r = upd.reindex(index=index, columns=names).to_numpy(dtype=float)
+    w = wn.reindex(index=index, columns=names).to_numpy(dtype=float)
+    previous = np.vstack([np.full((min(1, len(w)), len(names)), np.nan), w[:-1]])  # w.shift(1)
+    with np.errstate(invalid="ignore"):  # NaN compares unequal, as in pandas
+        same = (w == previous) | (w == 0)
+        stuck = (r == 0) | (np.isnan(r) & ~np.isnan(w) & same)
+    return pd.DataFrame(stuck, index=index, columns=names)
 
 
 def _explained_by_dead_units(view: RunView, param: str, t: FrozenThresholds) -> bool:
