@@ -17,10 +17,9 @@ Example:
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from nndiag import quantities as Q
 from nndiag.rules import curves
@@ -44,20 +43,12 @@ class LossThresholds(curves.DivergenceParams, curves.OscillationParams, curves.P
     """Every number of the loss-curve analysis (the base of the loss rules' thresholds)."""
 
 
-_CACHE: weakref.WeakKeyDictionary[RunView, dict[tuple[str, tuple[Any, ...]], Any]] = weakref.WeakKeyDictionary()
 _KEY_FIELDS = tuple(f.name for f in fields(LossThresholds))
 
 
 def _cached(view: RunView, name: str, t: Any, compute: Callable[[], T]) -> T:
     """Memoise one analysis per (view, loss thresholds): several rules read the same curve at one check."""
-    key = (name, tuple(getattr(t, f) for f in _KEY_FIELDS))
-    try:
-        store = _CACHE.setdefault(view, {})
-    except TypeError:  # a view that cannot be weakly referenced: no caching
-        return compute()
-    if key not in store:
-        store[key] = compute()
-    return cast(T, store[key])
+    return view.derived(("loss_view", name, tuple(getattr(t, f) for f in _KEY_FIELDS)), compute)
 
 
 def loss_curve(view: RunView, t: LossThresholds) -> LossCurve | None:
