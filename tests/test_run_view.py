@@ -112,3 +112,48 @@ def test_frozen_parameter_mask_matches_its_pandas_form(seed: int) -> None:
     names = ["a.weight", "a.bias", "b.weight", "never.recorded"]
     got = _stuck(view, names)
     pd.testing.assert_frame_equal(got, pandas_stuck(view, names), check_names=False)
+
+
+def pandas_ratio_checks(view: RunView, cols: list[str], how: str) -> pd.Series:
+    """The update-ratio aggregate as it was written in pandas (the reference for the numpy version)."""
+    m = view.matrix("update_ratio")
+    sub = m[cols].where(np.isfinite(m[cols]))
+    agg = sub.max(axis=1, skipna=True) if how == "max" else sub.median(axis=1, skipna=True)
+    return agg.dropna()
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("how", ["max", "median"])
+def test_update_ratio_aggregate_matches_its_pandas_form(seed: int, how: str) -> None:
+    from nndiag.rules.ratios import ratio_checks
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(0, 80, 4):
+        bad_step = rng.random() < 0.2  # every ratio of the step NaN/Inf: the step is dropped
+        for name in ("a.weight", "a.bias", "b.weight", "c.weight"):
+            if rng.random() < 0.85:
+                value = rng.choice([np.nan, np.inf]) if bad_step or rng.random() < 0.15 else 10 ** rng.uniform(-5, -1)
+                rows.append((step, name, "update_ratio", value))
+    view = RunView(pd.DataFrame(rows, columns=["step", "layer", "stat", "value"]))  # no facts: *weight names
+    got = ratio_checks(view, how)
+    want = pandas_ratio_checks(view, ["a.weight", "b.weight", "c.weight"], how)
+    assert len(want) < 20  # some steps had no finite ratio
+    pd.testing.assert_series_equal(got, want, check_names=False)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_trailing_true_matches_the_per_column_streak(seed: int) -> None:
+    from nndiag.rules.layers import sustained_since
+    from nndiag.rules.params import trailing_true
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((12, 6)) < 0.7
+    mask[:, 0] = True  # all True
+    mask[-1, 1] = False  # ends in False
+    runs = trailing_true(mask)
+    for j in range(mask.shape[1]):
+        start = sustained_since(pd.Series(mask[:, j], index=np.arange(12) * 5), 1)
+        assert runs[j] == (0 if start is None else 12 - start // 5)
+    assert runs[0] == 12 and runs[1] == 0
+    assert trailing_true(np.zeros((0, 3), dtype=bool)).tolist() == [0, 0, 0]

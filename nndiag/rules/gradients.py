@@ -27,7 +27,8 @@ import pandas as pd
 
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
-from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, sustained_since
+from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, sustained_since, sustained_start
+from nndiag.rules.ratios import streak_start
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
 
@@ -99,15 +100,15 @@ def _ratios_of(view: RunView) -> tuple[pd.DataFrame, pd.Series, dict[int, tuple[
     weights = [w for w in weight_params(view) if w in g.columns]
     if g.empty or len(weights) < 2:
         return g, pd.Series(dtype=float), {}
-    gw = g[weights]
-    # vectorised over the logging steps (a per-step loop made each check grow ~0.1 ms per logging step)
-    vals = gw.to_numpy(dtype=float)
+    # vectorised over the logging steps (a per-step loop made each check grow ~0.1 ms per logging step), on the
+    # matrix's array (selecting the columns as a DataFrame cost more than the arithmetic)
+    vals = g.to_numpy(dtype=float)[:, g.columns.get_indexer(weights)]
     live = np.isfinite(vals) & (vals > 0)
     usable = live.sum(axis=1) >= 2
     if not usable.any():
         return g, pd.Series(dtype=float), {}
     vals, live = vals[usable], live[usable]
-    steps = [int(s) for s in gw.index[usable]]
+    steps = g.index.to_numpy()[usable].astype(int).tolist()
     first = live.argmax(axis=1)  # the first weight tensor with a live gradient at each step
     last = live.shape[1] - 1 - live[:, ::-1].argmax(axis=1)
     rows = np.arange(len(steps))
@@ -180,10 +181,10 @@ def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis
     grads = view.rows(Q.GRAD_NORM)
     if grads.empty:
         return []
-    nonfinite = grads[~np.isfinite(grads.value.to_numpy(dtype=float))]
-    steps = pd.Index(sorted(grads.step.unique()))
-    bad_steps = set(nonfinite.step.unique())
-    start = sustained_since(pd.Series([s in bad_steps for s in steps], index=steps), 1)
+    grad_steps = grads.step.to_numpy()
+    bad = ~np.isfinite(grads.value.to_numpy(dtype=float))
+    steps = np.unique(grad_steps)  # sorted
+    start = streak_start(steps, np.isin(steps, grad_steps[bad]))  # the trailing run of steps with NaN/Inf
     fixes = [
         "Clip the gradient norm (torch.nn.utils.clip_grad_norm_, or gradient_clip_val in Lightning) near the "
         "90th percentile of the recorded norms.",
@@ -194,6 +195,7 @@ def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis
     if start is not None:
         if not _exploded_into_nonfinite(view, grads, total, start, t):
             return []  # NaN from the data or the loss (nonfinite_input / nonfinite_loss name it), not an explosion
+        nonfinite = grads[bad]
         first = [str(n) for n in nonfinite[nonfinite.step == start].layer.unique()]
         layer = view.ordered(first)[0]
         count = float(nonfinite[nonfinite.step == steps[-1]].layer.nunique())
@@ -313,15 +315,17 @@ def vanishing_gradients(view: RunView, t: VanishingThresholds) -> list[Diagnosis
     )
     if squashing:
         fixes.insert(0, relu)
+    values = g.to_numpy(dtype=float)  # numpy below: Series arithmetic was most of this rule's time at a check
     if not ratio.empty:
+        ratio_steps, ratios = ratio.index.to_numpy(), ratio.to_numpy(dtype=float)
         rows = g.index.get_indexer(ratio.index)
         cols = g.columns.get_indexer([pairs[s][0] for s in ratio.index])
-        first_abs = pd.Series(g.to_numpy(dtype=float)[rows, cols], index=ratio.index, dtype=float)
-        start = sustained_since((ratio < t.vanish_ratio) & (first_abs < t.vanish_abs), k)
+        first_abs = values[rows, cols]
+        start = sustained_start(ratio_steps, (ratios < t.vanish_ratio) & (first_abs < t.vanish_abs), k)
         if start is not None:
-            last = int(ratio.index[-1])
+            last = int(ratio_steps[-1])
             first_w, last_w = pairs[last]
-            value = float(ratio.iloc[-1])
+            value = float(ratios[-1])
             return [
                 Diagnosis(
                     code="vanishing_gradients",
@@ -329,19 +333,19 @@ def vanishing_gradients(view: RunView, t: VanishingThresholds) -> list[Diagnosis
                     step=start,
                     layer=first_w,
                     message=(
-                        f"The gradient of {first_w} ({float(first_abs.iloc[-1]):.2g}) is {1 / value:.2g}x smaller "
+                        f"The gradient of {first_w} ({float(first_abs[-1]):.2g}) is {1 / value:.2g}x smaller "
                         f"than that of {last_w}: gradients vanish on their way back to the input."
                     ),
                     evidence={
-                        "grad_norm_first": float(first_abs.iloc[-1]),
+                        "grad_norm_first": float(first_abs[-1]),
                         "grad_norm_last": float(g.loc[last, last_w]),
                         "ratio": value,
                     },
                     suggestions=fixes,
                 )
             ]
-    last_row = g.iloc[-1]
-    weights = [w for w in weight_params(view) if w in g.columns and float(last_row[w]) > 0]
+    column = {str(c): i for i, c in enumerate(g.columns)}
+    weights = [w for w in weight_params(view) if w in column and values[-1, column[w]] > 0]
     if not weights:
         return []  # no gradient at all reaches them: weights_not_updating
     first_w = weights[0]
@@ -351,18 +355,23 @@ def vanishing_gradients(view: RunView, t: VanishingThresholds) -> list[Diagnosis
     numel = float(view.param(first_w).get("numel") or 0)
     if numel <= 0:
         return []
-    rms = g[first_w].dropna() / math.sqrt(numel)
-    upd = view.matrix(Q.UPDATE_RATIO)
+    grad = values[:, column[first_w]]
+    recorded = ~np.isnan(grad)
+    steps, rms = g.index.to_numpy()[recorded], grad[recorded] / math.sqrt(numel)
     tiny = (rms < t.vanish_rms) & (rms > 0)
+    upd = view.matrix(Q.UPDATE_RATIO)
+    moved: np.ndarray | None = None
     if not upd.empty and first_w in upd.columns:
-        moved = upd[first_w].reindex(rms.index)
-        tiny &= ~(moved >= t.vanish_update)  # NaN (not recorded) does not veto
-    start = sustained_since(tiny, k)
+        at = upd.index.get_indexer(steps)
+        moved = np.where(at >= 0, upd[first_w].to_numpy(dtype=float)[at], np.nan)
+        with np.errstate(invalid="ignore"):
+            tiny &= ~(moved >= t.vanish_update)  # NaN (not recorded) does not veto
+    start = sustained_start(steps, tiny, k)
     if start is None:
         return []
-    value = float(rms.iloc[-1])
+    value = float(rms[-1])
     evidence = {"grad_rms_first": value}
-    if not upd.empty and first_w in upd.columns and math.isfinite(float(upd[first_w].iloc[-1])):
+    if moved is not None and math.isfinite(float(upd[first_w].iloc[-1])):
         evidence["update_ratio_first"] = float(upd[first_w].iloc[-1])
     fixes.sort(key=lambda f: not f.startswith("Initialise"))
     return [

@@ -98,12 +98,22 @@ def sustained_since(mask: pd.Series, checks: int) -> int | None:
         True
     """
     ordered = mask if mask.index.is_monotonic_increasing else mask.sort_index()
-    values = ordered.to_numpy(dtype=bool)
-    false = np.flatnonzero(~values)
-    n = len(values) - (int(false[-1]) + 1 if len(false) else 0)  # the trailing run of True
+    return sustained_start(ordered.index.to_numpy(), ordered.to_numpy(dtype=bool), checks)
+
+
+def sustained_start(steps: np.ndarray, mask: np.ndarray, checks: int) -> int | None:
+    """:func:`sustained_since` of a mask given as arrays (``steps`` increasing).
+
+    Example:
+        >>> import numpy as np
+        >>> sustained_start(np.array([0, 10, 20, 30]), np.array([False, True, True, True]), 3)
+        10
+    """
+    false = np.flatnonzero(~mask)
+    n = len(mask) - (int(false[-1]) + 1 if len(false) else 0)  # the trailing run of True
     if n == 0 or n < checks:
         return None
-    return int(ordered.index[len(values) - n])
+    return int(steps[len(mask) - n])
 
 
 def first_step(view: RunView) -> int:

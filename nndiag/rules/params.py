@@ -24,7 +24,7 @@ import pandas as pd
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis, Severity
 from nndiag.rules.init import poor_init_scale, symmetric_init
-from nndiag.rules.layers import HARD_ZERO_ACTIVATIONS, sustained_since
+from nndiag.rules.layers import HARD_ZERO_ACTIVATIONS
 from nndiag.rules.registry import NoThresholds, rule
 from nndiag.rules.view import RunView
 
@@ -95,6 +95,19 @@ def _stuck(view: RunView, names: list[str]) -> pd.DataFrame:
         same = (w == previous) | (w == 0)
         stuck = (r == 0) | (np.isnan(r) & ~np.isnan(w) & same)
     return pd.DataFrame(stuck, index=index, columns=names)
+
+
+def trailing_true(mask: np.ndarray) -> np.ndarray:
+    """Per column of a 2-D boolean array: how many of its last rows are all ``True`` (its trailing run).
+
+    Example:
+        >>> trailing_true(np.array([[True, False], [True, True], [False, True]])).tolist()
+        [0, 2]
+    """
+    if mask.shape[0] == 0:
+        return np.zeros(mask.shape[1], dtype=int)
+    rev = mask[::-1]
+    return np.where(rev.all(axis=0), mask.shape[0], rev.argmin(axis=0))
 
 
 def _explained_by_dead_units(view: RunView, param: str, t: FrozenThresholds) -> bool:
@@ -203,15 +216,16 @@ def weights_not_updating(view: RunView, t: FrozenThresholds) -> list[Diagnosis]:
         return []
     groups: dict[str, list[tuple[str, int]]] = {}
     symmetric: bool | None = None  # computed on demand: never-broken symmetric layers explain zero gradients
+    steps = stuck.index.to_numpy()  # sorted, unique (a union of step indexes)
+    trailing = dict(zip(names, trailing_true(stuck.to_numpy(dtype=bool)).tolist(), strict=True))
     for n in _weights_first(view.ordered(names)):
         if _bias_before_batchnorm(view, n):
             continue
-        col = stuck[n]
-        start = sustained_since(col, t.frozen_checks)
-        if start is None:
+        run = trailing[n]  # the last `run` logging steps left it unchanged
+        if run == 0 or run < t.frozen_checks:
             continue
-        whole = start == int(col.index[0])
-        if not whole and int((col.index >= start).sum()) < t.frozen_checks_after_change:
+        start = int(steps[len(steps) - run])
+        if run < len(steps) and run < t.frozen_checks_after_change:  # it moved before: needs the longer streak
             continue
         cause = _cause(view, n, start)
         if cause == "no_gradient":

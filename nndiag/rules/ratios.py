@@ -67,9 +67,13 @@ def _ratio_checks(view: RunView, how: str) -> pd.Series:
     cols = weight_matrices(view, [str(c) for c in m.columns])
     if not cols:
         return pd.Series(dtype=float)
-    sub = m[cols].where(np.isfinite(m[cols]))
-    agg = sub.max(axis=1, skipna=True) if how == "max" else sub.median(axis=1, skipna=True)
-    return agg.dropna()
+    # on the matrix's array: selecting columns and ``where`` on a DataFrame cost ~0.7 ms of each check
+    vals = m.to_numpy(dtype=float)[:, m.columns.get_indexer(cols)]
+    finite = np.isfinite(vals)
+    keep = finite.any(axis=1)  # steps with no finite ratio are dropped (and give nan* no all-NaN row)
+    vals = np.where(finite, vals, np.nan)[keep]
+    agg = np.nanmax(vals, axis=1) if how == "max" else np.nanmedian(vals, axis=1)
+    return pd.Series(agg, index=m.index[keep], dtype=float)
 
 
 def streak_from(mask: pd.Series) -> int | None:
