@@ -28,7 +28,6 @@ import pandas as pd
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.layers import InputScaleThresholds, SustainedThresholds, sustained_since, sustained_start
-from nndiag.rules.ratios import streak_start
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
 
@@ -184,7 +183,7 @@ def exploding_gradients(view: RunView, t: ExplodingThresholds) -> list[Diagnosis
     grad_steps = grads.step.to_numpy()
     bad = ~np.isfinite(grads.value.to_numpy(dtype=float))
     steps = np.unique(grad_steps)  # sorted
-    start = streak_start(steps, np.isin(steps, grad_steps[bad]))  # the trailing run of steps with NaN/Inf
+    start = sustained_start(steps, np.isin(steps, grad_steps[bad]), 1)  # the trailing run of steps with NaN/Inf
     fixes = [
         "Clip the gradient norm (torch.nn.utils.clip_grad_norm_, or gradient_clip_val in Lightning) near the "
         "90th percentile of the recorded norms.",

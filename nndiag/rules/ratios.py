@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from nndiag import quantities as Q
+from nndiag.rules.layers import sustained_start
 from nndiag.rules.loss_view import LossThresholds
 from nndiag.rules.view import RunView
 
@@ -89,10 +90,7 @@ def streak_start(steps: np.ndarray, mask: np.ndarray) -> int | None:
         >>> streak_start(np.array([0, 10, 20, 30]), np.array([True, False, True, True]))
         20
     """
-    if not len(mask) or not mask[-1]:
-        return None
-    false = np.flatnonzero(~mask)
-    return int(steps[int(false[-1]) + 1 if len(false) else 0])
+    return sustained_start(steps, mask, 1)
 
 
 def last_streak_start(mask: pd.Series) -> int | None:
