@@ -5,9 +5,11 @@ dropped with one warning). The writer thread waits for the packet's host copy,
 decodes it into rows and publishes them to its subscribers (:mod:`nndiag.subscribers`):
 memory history, run store, TensorBoard and the advisors, in that order; the sinks are
 flushed every ``flush_seconds``. Packets are handled in bursts: after the first packet arrives the
-writer waits ``batch_seconds`` (50 ms) for the next ones, so that at every-step logging it wakes a
-few times a second, not at every step (each wake-up takes the interpreter lock from the training
-thread; see docs/benchmarks.md). A drain, close, or a queue a quarter full ends the wait at once.
+writer waits ``batch_seconds`` (200 ms; 50 ms where nndiag acts on its diagnoses, see
+:data:`ACTING_BATCH_SECONDS`) for the next ones, so that at every-step logging it wakes a few times a
+second, not at every step: each wake-up costs ~0.7 ms of writer CPU on a 2-core machine (cold caches,
+the interpreter lock taken from the training thread; see docs/benchmarks.md). A drain, close, or a
+queue a quarter full ends the wait at once.
 Each sink is guarded separately, so a full disk stops the store, not TensorBoard or ``cb.history``.
 
 Example:
@@ -49,6 +51,11 @@ from nndiag.subscribers import Advising, MemorySubscriber, StoreSubscriber, Subs
 _STOP = object()
 
 
+BATCH_SECONDS = 0.2  # the writer's wait for more packets after the first (a burst per wake-up)
+# ... where diagnoses stop or repair the run (halt_on, remedy): a NaN loss is seen within ~50 ms
+ACTING_BATCH_SECONDS = 0.05
+
+
 class Pipeline:
     """Owns the writer thread and publishes every queued item to its subscribers.
 
@@ -66,7 +73,7 @@ class Pipeline:
         max_queue: int = 256,
         advice: AdvisorLoop | None = None,
         subscribers: list[Subscriber] | None = None,
-        batch_seconds: float = 0.05,
+        batch_seconds: float = BATCH_SECONDS,
     ) -> None:
         self.memory = memory if memory is not None else MemoryHistory()
         self.store = store

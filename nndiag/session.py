@@ -43,7 +43,7 @@ from nndiag.facts import ModelFacts
 from nndiag.guard import ErrorGuard, NndiagInternalWarning
 from nndiag.log import get_logger
 from nndiag.options import DiagnosticsOptions
-from nndiag.pipeline import Pipeline
+from nndiag.pipeline import ACTING_BATCH_SECONDS, BATCH_SECONDS, Pipeline
 from nndiag.resume import ResumeState
 from nndiag.rows import Rows
 from nndiag.schedule import Schedule
@@ -110,6 +110,7 @@ class Session:
             flush_seconds=self.config.flush_seconds,
             max_queue=self.config.max_queue,
             advice=advice,
+            batch_seconds=ACTING_BATCH_SECONDS if self.halt_on or (options and options.remedy) else BATCH_SECONDS,
         )
         if resume is not None:
             self.guard.run("resume", self._resume, resume, continued is not None and store is not None)
@@ -237,6 +238,7 @@ class Session:
             return None
         if not self.halt_on:
             self.halt_on = tuple(codes)  # adapters that name the codes only here: vote with them from now on
+            self.pipeline.batch_seconds = min(self.pipeline.batch_seconds, ACTING_BATCH_SECONDS)  # stop sooner
         hit = next((d for d in self.diagnoses if d.code in codes and not d.resolved), None)
         if not self.combiner.distributed:
             return hit

@@ -105,3 +105,29 @@ def test_only_the_first_non_finite_loss_makes_a_packet_urgent():
     pipe.submit(Packet.build(4, losses=torch.tensor([nan]), loss_steps=[4]))  # not the first any more
     pipe.close()
     assert seen.flags == [(0, False), (1, False), (3, True), (4, False)]
+
+
+def test_the_writer_waits_less_where_nndiag_acts_on_its_diagnoses(tmp_path):
+    """200 ms bursts by default; 50 ms with halt_on or a remedy (a NaN loss stops or repairs the run sooner)."""
+    from torch import nn
+
+    from nndiag import Monitor
+    from nndiag.pipeline import ACTING_BATCH_SECONDS, BATCH_SECONDS
+
+    assert ACTING_BATCH_SECONDS < BATCH_SECONDS
+    waits = {}
+    for name, kwargs in (("plain", {}), ("halt_on", {"halt_on": ["nonfinite_loss"]}), ("remedy", {"remedy": True})):
+        model = nn.Linear(3, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon = Monitor(model, opt, log_dir=tmp_path / name, report=False, **kwargs)
+        waits[name] = mon.session.pipeline.batch_seconds
+        if name == "plain":
+            mon.session.halting(("nonfinite_loss",))  # an adapter naming the codes only when it asks
+            waits["late halt_on"] = mon.session.pipeline.batch_seconds
+        mon.close()
+    assert waits == {
+        "plain": BATCH_SECONDS,
+        "late halt_on": ACTING_BATCH_SECONDS,
+        "halt_on": ACTING_BATCH_SECONDS,
+        "remedy": ACTING_BATCH_SECONDS,
+    }
