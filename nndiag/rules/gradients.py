@@ -363,8 +363,7 @@ def vanishing_gradients(view: RunView, t: VanishingThresholds) -> list[Diagnosis
     if not upd.empty and first_w in upd.columns:
         at = upd.index.get_indexer(steps)
         moved = np.where(at >= 0, upd[first_w].to_numpy(dtype=float)[at], np.nan)
-        with np.errstate(invalid="ignore"):
-            tiny &= ~(moved >= t.vanish_update)  # NaN (not recorded) does not veto
+        tiny &= ~(moved >= t.vanish_update)  # NaN (not recorded) does not veto
     start = sustained_start(steps, tiny, k)
     if start is None:
         return []

@@ -30,6 +30,7 @@ import pandas as pd
 from nndiag import quantities as Q
 from nndiag.diagnosis import Diagnosis
 from nndiag.rules.baseline import BaselineThresholds, at_baseline, output_spread_ratio
+from nndiag.rules.layers import sustained_start
 from nndiag.rules.loss_view import divergence, oscillation
 from nndiag.rules.lr_low import lr_too_low  # noqa: F401  (re-exported: the learning-rate rules, both ways)
 from nndiag.rules.ratios import (
@@ -38,7 +39,6 @@ from nndiag.rules.ratios import (
     last_streak_start,
     lr_text,
     ratio_checks,
-    streak_start,
 )
 from nndiag.rules.registry import rule
 from nndiag.rules.view import RunView
@@ -59,14 +59,14 @@ def _collapse(view: RunView, t: LrHighThresholds) -> tuple[str, int, str] | None
     for layer, steps, col in _columns(dead):
         if len(col) < 2 or col[0] >= t.lr_collapse_dead_frac:
             continue
-        start = streak_start(steps, col >= t.lr_collapse_dead_frac)
+        start = sustained_start(steps, col >= t.lr_collapse_dead_frac, 1)
         if start is not None:
             return str(layer), start, f"{col[-1]:.0%} of the units of {layer} died"
     std = view.matrix(Q.ACT_STD)
     for layer, steps, col in _columns(std):
         if layer == "input" or len(col) < 2 or not col[0] > 0:
             continue
-        start = streak_start(steps, col <= t.lr_collapse_std_frac * col[0])
+        start = sustained_start(steps, col <= t.lr_collapse_std_frac * col[0], 1)
         if start is not None:
             return str(layer), start, f"the output of {layer} became constant"
     return None

@@ -79,18 +79,7 @@ def _ratio_checks(view: RunView, how: str) -> pd.Series:
 
 def streak_from(mask: pd.Series) -> int | None:
     """Index label where the final run of ``True`` begins, or ``None`` if the last entry is ``False``."""
-    return streak_start(mask.index.to_numpy(), mask.to_numpy(dtype=bool))
-
-
-def streak_start(steps: np.ndarray, mask: np.ndarray) -> int | None:
-    """:func:`streak_from` of a mask given as arrays: the step where its final run of ``True`` begins.
-
-    Example:
-        >>> import numpy as np
-        >>> streak_start(np.array([0, 10, 20, 30]), np.array([True, False, True, True]))
-        20
-    """
-    return sustained_start(steps, mask, 1)
+    return sustained_start(mask.index.to_numpy(), mask.to_numpy(dtype=bool), 1)
 
 
 def last_streak_start(mask: pd.Series) -> int | None:
