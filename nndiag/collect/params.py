@@ -5,6 +5,10 @@ parameters around the optimizer step, so it is right for SGD, Adam or any optimi
 In ``"exact"`` mode one copy of the trainable parameters is held from the optimizer's
 pre-step to the end of the logging step (kept across consecutive logging steps, freed
 before a non-logging step); the distance is computed fused, so no second copy is made.
+Where the optimizer's own update is exposed, no copy is made at all: ``torch.optim.SGD``
+with momentum (not Nesterov, not fused) moves each parameter by exactly ``lr * buf``, its
+momentum buffer after the step, so ``||w_after - w_before|| = lr * ||buf||`` (see
+:func:`sgd_update_plan`): two passes over the parameters instead of six, and no copy in memory.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -56,6 +61,7 @@ class ParamCollector:
         self.failed: set[int] = set()  # gradient norms whose measurement failed this step: left out
         self.before: list[torch.Tensor] | None = None
         self.before_norms: list[torch.Tensor] | None = None
+        self.sgd: SgdPlan | None = None  # the step's update is read from SGD's momentum buffers (no copy)
 
     def release(self) -> None:
         """Drop every reference to the model's parameters."""
@@ -86,16 +92,22 @@ class ParamCollector:
         self.failed.difference_update(todo)
 
     # -- update ratio ----------------------------------------------------------------
-    def snapshot(self) -> None:
+    def snapshot(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Copy (or sample) the weights before the optimizer changes them (once per step).
 
         In exact mode the copy goes into a buffer that is reused while logging steps follow
         each other (no allocation and page faults per step) and freed by :meth:`release_buffer`.
+        ``optimizer`` (the one about to step, when it alone trains every parameter): where it is an
+        SGD with momentum, only the weights' norms are taken; :meth:`pack` reads the update from it.
         """
-        if self.before is not None or self.mode == "off":
+        if self.before is not None or self.sgd is not None or self.mode == "off":
             return
         with torch.no_grad():
-            if self.mode == "exact":
+            plan = sgd_update_plan(optimizer, self.named) if self.mode == "exact" and optimizer is not None else None
+            if plan is not None:
+                self.before_norms = norm_list([p.detach() for _, p in self.named])
+                self.sgd = plan
+            elif self.mode == "exact":
                 live = [local(p.detach()) for _, p in self.named]
                 buf = self._buffer
                 if (
@@ -143,7 +155,13 @@ class ParamCollector:
         keys: list[tuple[str, str]] = [(names[i], Q.GRAD_NORM) for i in measured]
         values: list[torch.Tensor] = [self.grad_norms[i] for i in measured]  # type: ignore[misc]
         with torch.no_grad():
-            if self.before is None:
+            sgd = _sgd_distances(self.sgd) if self.sgd is not None and self.sgd.done else None
+            if sgd is not None:
+                keys += [(n, "_wb") for n in names]
+                values += self.before_norms or []
+                keys += [(n, "_delta") for n in names]
+                values += sgd
+            elif self.before is None:
                 if weights:
                     keys += [(n, Q.WEIGHT_NORM) for n in names]
                     values += norm_list([local(p.detach()) for _, p in self.named])
@@ -165,6 +183,82 @@ class ParamCollector:
                 values += _distances(after, self.before, in_place=self.mode == "exact")
         self.reset()
         return keys, values
+
+
+@dataclass
+class SgdPlan:
+    """How one SGD step moves each parameter: ``lrs[i] * ||buf_i||``, or not at all (``lrs[i]`` None)."""
+
+    optimizer: torch.optim.Optimizer
+    params: list[torch.Tensor]
+    lrs: list[float | None]
+    done: bool = False  # stepped() was called: the step ran, the plan may be read
+
+    def stepped(self) -> None:
+        """The step ran: parameters without a gradient now were skipped by SGD (not moved)."""
+        self.lrs = [None if p.grad is None else lr for p, lr in zip(self.params, self.lrs, strict=True)]
+        self.done = True
+
+
+def sgd_update_plan(optimizer: torch.optim.Optimizer, named: list[tuple[str, nn.Parameter]]) -> SgdPlan | None:
+    """The plan for reading this step's update from SGD's momentum buffers, or None where it would not be exact.
+
+    ``torch.optim.SGD`` (the class itself, not a subclass) with ``momentum > 0``, ``nesterov=False``,
+    not ``fused``, float learning rates, and every parameter in ``named`` among its own (plain
+    tensors, not sharded): its step is ``p -= lr * buf`` (``p += lr * buf`` with ``maximize``), with
+    weight decay and dampening folded into ``buf``. A parameter without a gradient is not moved: call
+    :meth:`SgdPlan.stepped` after the step (a closure computes the gradients inside it), which sets
+    its ``lrs`` entry to None. Not covered, and so measured by the copy: changes made to the weights after the
+    step and before the step ends (max-norm constraints, EMA swaps).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> m = nn.Linear(2, 1)
+        >>> m.weight.grad = torch.ones_like(m.weight)
+        >>> plan = sgd_update_plan(torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), list(m.named_parameters()))
+        >>> plan.stepped(); plan.lrs
+        [0.1, None]
+        >>> sgd_update_plan(torch.optim.Adam(m.parameters()), list(m.named_parameters())) is None
+        True
+    """
+    if type(optimizer) is not torch.optim.SGD:
+        return None
+    lr_of: dict[int, float] = {}
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        if not (group.get("momentum", 0) > 0) or group.get("nesterov") or group.get("fused"):
+            return None
+        if not isinstance(lr, (float, int)) or isinstance(lr, bool):
+            return None  # a tensor learning rate (capturable): reading it could synchronise
+        for p in group["params"]:
+            lr_of[id(p)] = float(lr)
+    params: list[torch.Tensor] = []
+    lrs: list[float | None] = []
+    for _, p in named:
+        lr = lr_of.get(id(p))
+        if lr is None or type(p.detach()) is not torch.Tensor or p.dtype not in (torch.float32, torch.float64):
+            return None  # another optimizer's, sharded (DTensor), or half precision (rounding may swallow updates)
+        params.append(p)
+        lrs.append(abs(lr))
+    return SgdPlan(optimizer, params, lrs)
+
+
+def _sgd_distances(plan: SgdPlan) -> list[torch.Tensor] | None:
+    """``lr * ||buf||`` per parameter after the step (0 where it had no gradient); None if a buffer is missing."""
+    state = plan.optimizer.state
+    bufs: list[torch.Tensor] = []
+    for p, lr in zip(plan.params, plan.lrs, strict=True):
+        if lr is None:
+            continue
+        buf = state.get(p, {}).get("momentum_buffer")
+        if not isinstance(buf, torch.Tensor) or buf.shape != p.shape:
+            return None
+        bufs.append(buf)
+    norms_ = iter(norm_list(bufs))
+    out: list[torch.Tensor] = []
+    for p, lr in zip(plan.params, plan.lrs, strict=True):
+        out.append(torch.zeros((), device=p.device) if lr is None else next(norms_).float() * lr)
+    return out
 
 
 def _distances(after: list[torch.Tensor], before: list[torch.Tensor], in_place: bool) -> list[torch.Tensor]:

@@ -166,17 +166,22 @@ class Recorder:
     def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._logging and not self.closed:
             self._step_lrs.setdefault(id(optimizer), [lr_copy(g.get("lr")) for g in optimizer.param_groups])
-            if step_closure(optimizer, args, kwargs) is None:  # with a closure, backward runs inside step(): too early
+            closure = step_closure(optimizer, args, kwargs)
+            if closure is None:  # with a closure, backward runs inside step(): too early
                 self.guard.run(
                     "gradient statistics",
                     self.params.capture_grads,
                     [p for g in optimizer.param_groups for p in g["params"]],
                 )
-            if self._full:
-                self.guard.run("weight snapshot", self.params.snapshot)
+            if self._full:  # one optimizer training everything: its own update may be readable (SGD momentum)
+                sole = optimizer if self.optimizers == [optimizer] else None
+                self.guard.run("weight snapshot", self.params.snapshot, sole)
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
+        plan = self.params.sgd
+        if plan is not None and plan.optimizer is optimizer and not self.closed:
+            self.guard.run("weight snapshot", plan.stepped)  # which parameters moved (a closure made the gradients)
         if self._logging and not self.closed and step_closure(optimizer, args, kwargs) is not None:
             # closure-driven step: gradients not captured after the closure (Lightning's
             # on_before_optimizer_step) are read now, as the closure computed them
