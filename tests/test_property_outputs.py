@@ -414,8 +414,8 @@ INJECTIONS = [
         missing=lambda layer, stat: stat.startswith("grad_norm"),
     ),
     # the parameter statistics are one site: they go together, the activations and the loss stay
-    Injection(
-        "nndiag.collect.params._distances",
+    Injection(  # this run's SGD with momentum reads its update from the optimizer (the copy path: _distances)
+        "nndiag.collect.params._sgd_distances",
         "parameter statistics",
         STEPS,
         missing=lambda layer, stat: stat in ("grad_norm", "grad_norm_total", "weight_norm", "update_ratio"),

@@ -166,22 +166,20 @@ class Recorder:
     def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._logging and not self.closed:
             self._step_lrs.setdefault(id(optimizer), [lr_copy(g.get("lr")) for g in optimizer.param_groups])
-            closure = step_closure(optimizer, args, kwargs)
-            if closure is None:  # with a closure, backward runs inside step(): too early
+            if step_closure(optimizer, args, kwargs) is None:  # with a closure, backward runs inside step(): too early
                 self.guard.run(
                     "gradient statistics",
                     self.params.capture_grads,
                     [p for g in optimizer.param_groups for p in g["params"]],
                 )
-            if self._full:  # one optimizer training everything: its own update may be readable (SGD momentum)
+            if self._full:  # the sole optimizer's own update may be readable (SGD with momentum: no weight copy)
                 sole = optimizer if self.optimizers == [optimizer] else None
                 self.guard.run("weight snapshot", self.params.snapshot, sole)
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
-        plan = self.params.sgd
-        if plan is not None and plan.optimizer is optimizer and not self.closed:
-            self.guard.run("weight snapshot", plan.stepped)  # which parameters moved (a closure made the gradients)
+        if self.params.sgd is not None and self.params.sgd.optimizer is optimizer and not self.closed:
+            self.guard.run("weight snapshot", self.params.sgd.stepped)  # which parameters moved (closures: now known)
         if self._logging and not self.closed and step_closure(optimizer, args, kwargs) is not None:
             # closure-driven step: gradients not captured after the closure (Lightning's
             # on_before_optimizer_step) are read now, as the closure computed them
@@ -285,8 +283,7 @@ class Recorder:
     def _logging_soon(self) -> bool:
         """Whether one of the next ``KEEP_COPY_GAP`` steps logs (then the weight copy is kept for it).
 
-        A fresh copy costs page faults (~1 ms per 5 MB on CPU); a kept one, memory between logging
-        steps. The default schedule keeps it through step 200 (every 10th step) and frees it after.
+        A fresh copy costs page faults (~1 ms per 5 MB on CPU); a kept one, memory between logging steps.
         """
         return any(self.should_log(self.step + k) for k in range(1, KEEP_COPY_GAP + 1))
 
