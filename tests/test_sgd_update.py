@@ -14,7 +14,6 @@ from nndiag.collect.params import ParamCollector, sgd_update_plan
 def _model() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
-    model[3].requires_grad_(True)
     return model
 
 

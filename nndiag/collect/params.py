@@ -92,6 +92,11 @@ class ParamCollector:
         self.failed.difference_update(todo)
 
     # -- update ratio ----------------------------------------------------------------
+    def stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer`` has stepped: where this step's update is read from it, which parameters it moved."""
+        if self.sgd is not None and self.sgd.optimizer is optimizer:
+            self.sgd.stepped()
+
     def snapshot(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Copy (or sample) the weights before the optimizer changes them (once per step).
 
@@ -105,7 +110,6 @@ class ParamCollector:
         with torch.no_grad():
             plan = sgd_update_plan(optimizer, self.named) if self.mode == "exact" and optimizer is not None else None
             if plan is not None:
-                self.before_norms = norm_list([p.detach() for _, p in self.named])
                 self.sgd = plan
             elif self.mode == "exact":
                 live = [local(p.detach()) for _, p in self.named]
@@ -156,9 +160,9 @@ class ParamCollector:
         values: list[torch.Tensor] = [self.grad_norms[i] for i in measured]  # type: ignore[misc]
         with torch.no_grad():
             sgd = _sgd_distances(self.sgd) if self.sgd is not None and self.sgd.done else None
-            if sgd is not None:
+            if self.sgd is not None and sgd is not None:
                 keys += [(n, "_wb") for n in names]
-                values += self.before_norms or []
+                values += self.sgd.before_norms
                 keys += [(n, "_delta") for n in names]
                 values += sgd
             elif self.before is None:
@@ -192,6 +196,7 @@ class SgdPlan:
     optimizer: torch.optim.Optimizer
     params: list[torch.Tensor]
     lrs: list[float | None]
+    before_norms: list[torch.Tensor]  # ||w|| before the step
     done: bool = False  # stepped() was called: the step ran, the plan may be read
 
     def stepped(self) -> None:
@@ -240,7 +245,7 @@ def sgd_update_plan(optimizer: torch.optim.Optimizer, named: list[tuple[str, nn.
             return None  # another optimizer's, sharded (DTensor), or half precision (rounding may swallow updates)
         params.append(p)
         lrs.append(abs(lr))
-    return SgdPlan(optimizer, params, lrs)
+    return SgdPlan(optimizer, params, lrs, norm_list([p.detach() for p in params]))
 
 
 def _sgd_distances(plan: SgdPlan) -> list[torch.Tensor] | None:

@@ -58,7 +58,7 @@ from nndiag.facts import InitFacts, ModelFacts
 from nndiag.guard import ErrorGuard
 from nndiag.schedule import Schedule, is_full_step, resolve_schedule
 
-KEEP_COPY_GAP = 10  # steps: a logging step at most this far ahead keeps the weight copy
+KEEP_COPY_GAP = 10  # steps: a logging step at most this far ahead keeps the weight copy (default schedule: to step 200)
 
 
 class Recorder:
@@ -178,8 +178,8 @@ class Recorder:
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
-        if self.params.sgd is not None and self.params.sgd.optimizer is optimizer and not self.closed:
-            self.guard.run("weight snapshot", self.params.sgd.stepped)  # which parameters moved (closures: now known)
+        if self.params.sgd is not None:  # which parameters moved (after a closure, known only now)
+            self.guard.run("weight snapshot", self.params.stepped, optimizer)
         if self._logging and not self.closed and step_closure(optimizer, args, kwargs) is not None:
             # closure-driven step: gradients not captured after the closure (Lightning's
             # on_before_optimizer_step) are read now, as the closure computed them

@@ -143,7 +143,7 @@ class TensorBoardSink:
             for tag, value, step in zip(tags, values, steps, strict=True):
                 self.writer.add_scalar(tag, value, step)
             return
-        if steps[0] == steps[-1] and min(steps) == max(steps):  # one step (every packet at every-step logging)
+        if min(steps) == max(steps):  # one step (every packet at every-step logging)
             groups = {steps[0]: (tags, values)}
         else:  # earlier steps' losses ride with a logging step's packet
             groups = {}
