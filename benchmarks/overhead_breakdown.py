@@ -35,6 +35,7 @@ from nndiag.collect.noise_scale import NoiseScaleCollector
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
 from nndiag.collect.recorder import Recorder
+from nndiag.collect.step_losses import StepLosses
 from nndiag.collect.task_probe import TaskProbe
 from nndiag.pipeline import Pipeline
 from nndiag.schedule import resolve_schedule
@@ -62,9 +63,9 @@ PARTS: list[tuple[str, type, str]] = [
     ("train", TaskProbe, "note_loss"),
     ("train", TaskProbe, "note_target"),
     ("train", TaskProbe, "facts_update"),
-    ("train", Recorder, "_keep_loss"),
+    ("train", StepLosses, "keep"),
     ("train", Recorder, "_send_logging_step"),
-    ("train", Recorder, "_take_losses"),
+    ("train", StepLosses, "take"),
     ("train", Recorder, "_logging_soon"),
     ("train", NoiseScaleCollector, "pack"),
     ("train", Recorder, "_finish_step"),

@@ -369,6 +369,7 @@ class Injection:
     missing: RowFilter = nothing
     changed: RowFilter = nothing
     histograms: bool = False
+    optimizer: str = "sgd"  # "sgd" (with momentum: its update is read from the optimizer) or "adam" (weight copy)
 
 
 # Functions shared by two sites (sufficient_stats, float_tensors: input and activation statistics) are covered by
@@ -414,11 +415,18 @@ INJECTIONS = [
         missing=lambda layer, stat: stat.startswith("grad_norm"),
     ),
     # the parameter statistics are one site: they go together, the activations and the loss stay
-    Injection(  # this run's SGD with momentum reads its update from the optimizer (the copy path: _distances)
+    Injection(  # SGD with momentum: the update read from the optimizer
         "nndiag.collect.params._sgd_distances",
         "parameter statistics",
         STEPS,
         missing=lambda layer, stat: stat in ("grad_norm", "grad_norm_total", "weight_norm", "update_ratio"),
+    ),
+    Injection(  # Adam: the update measured against the weight copy
+        "nndiag.collect.params._distances",
+        "parameter statistics",
+        STEPS,
+        missing=lambda layer, stat: stat in ("grad_norm", "grad_norm_total", "weight_norm", "update_ratio"),
+        optimizer="adam",
     ),
     # finalising one layer's numbers (host side) costs that layer only, not the packet and its losses
     Injection(
@@ -440,10 +448,14 @@ def resolve(target: str) -> tuple[Any, str]:
         return getattr(importlib.import_module(module), cls), attr
 
 
-def run_shared(histograms: bool) -> tuple[pd.DataFrame, list[str]]:
+def run_shared(histograms: bool, optimizer: str = "sgd") -> tuple[pd.DataFrame, list[str]]:
     torch.manual_seed(0)
     model = SharedNet()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt: torch.optim.Optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=1e-3)
+    )
     gen = torch.Generator().manual_seed(0)
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
@@ -459,7 +471,7 @@ def run_shared(histograms: bool) -> tuple[pd.DataFrame, list[str]]:
 
 def check_injection(injection: Injection, fail_at: int | None) -> None:
     """Fail ``injection.target`` at every call (``fail_at`` None) or at call ``fail_at`` only; check the outcome."""
-    clean, clean_internal = run_shared(injection.histograms)
+    clean, clean_internal = run_shared(injection.histograms, injection.optimizer)
     assert clean_internal == []
     owner, attr = resolve(injection.target)
     original = getattr(owner, attr)
@@ -473,7 +485,7 @@ def check_injection(injection: Injection, fail_at: int | None) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(owner, attr, sometimes_failing)
-        got, internal = run_shared(injection.histograms)
+        got, internal = run_shared(injection.histograms, injection.optimizer)
     assert calls["n"] >= injection.min_calls, f"{injection.target} was called {calls['n']} times"
     assert len(internal) == 1, internal
     assert re.match(rf"nndiag: internal error in '{re.escape(injection.site)}'", internal[0]), internal[0]
@@ -501,3 +513,9 @@ def test_internal_failure_is_reported_once_and_costs_only_its_site(
     injection: Injection, always: bool, which: int
 ) -> None:
     check_injection(injection, None if always else which % injection.min_calls)
+
+
+@pytest.mark.parametrize("injection", [i for i in INJECTIONS if "_distances" in i.target], ids=lambda i: i.optimizer)
+def test_each_update_path_fails_alone(injection: Injection) -> None:
+    """Both update paths (the optimizer's own update, the weight copy) are exercised and fail only their site."""
+    check_injection(injection, None)

@@ -52,6 +52,7 @@ from nndiag.collect.lrs import lr_copy, lr_entries, step_closure
 from nndiag.collect.noise_scale import NoiseScaleCollector
 from nndiag.collect.packet import Packet
 from nndiag.collect.params import ParamCollector
+from nndiag.collect.step_losses import StepLosses
 from nndiag.collect.task_probe import TaskProbe
 from nndiag.config import RecorderConfig
 from nndiag.facts import InitFacts, ModelFacts
@@ -97,9 +98,7 @@ class Recorder:
         self._acts_done = False
         self._stepped = False
         self._grads_captured = False
-        self._micro_losses: list[torch.Tensor] = []
-        self._pending_losses: list[torch.Tensor] = []
-        self._pending_steps: list[int] = []
+        self.losses = StepLosses()  # every step's loss, on the device until a packet carries it
         self._facts_sent = False
         self._step_lrs: dict[int, list[Any]] = {}  # logging steps: each optimizer's lrs as its step used them
         self._payload: StepPayload | None = None  # distributed: this rank's statistics awaiting the exchange
@@ -141,7 +140,7 @@ class Recorder:
         self.noise.release()
         self.model = None
         self.optimizers = []
-        self._micro_losses = []
+        self.losses.release()
 
     # -- per-batch protocol ----------------------------------------------------------
     def begin_batch(self) -> None:
@@ -159,7 +158,7 @@ class Recorder:
     def capture_grads(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Record gradient norms now (of ``optimizer``'s parameters, or all), on logging steps."""
         if self._logging and not self.closed:
-            params = None if optimizer is None else [p for g in optimizer.param_groups for p in g["params"]]
+            params = None if optimizer is None else _owned(optimizer)
             self.guard.run("gradient statistics", self.params.capture_grads, params)
             self._grads_captured = True
 
@@ -167,11 +166,7 @@ class Recorder:
         if self._logging and not self.closed:
             self._step_lrs.setdefault(id(optimizer), [lr_copy(g.get("lr")) for g in optimizer.param_groups])
             if step_closure(optimizer, args, kwargs) is None:  # with a closure, backward runs inside step(): too early
-                self.guard.run(
-                    "gradient statistics",
-                    self.params.capture_grads,
-                    [p for g in optimizer.param_groups for p in g["params"]],
-                )
+                self.guard.run("gradient statistics", self.params.capture_grads, _owned(optimizer))
             if self._full:  # the sole optimizer's own update may be readable (SGD with momentum: no weight copy)
                 sole = optimizer if self.optimizers == [optimizer] else None
                 self.guard.run("weight snapshot", self.params.snapshot, sole)
@@ -183,11 +178,7 @@ class Recorder:
         if self._logging and not self.closed and step_closure(optimizer, args, kwargs) is not None:
             # closure-driven step: gradients not captured after the closure (Lightning's
             # on_before_optimizer_step) are read now, as the closure computed them
-            self.guard.run(
-                "gradient statistics",
-                self.params.capture_grads,
-                [p for g in optimizer.param_groups for p in g["params"]],
-            )
+            self.guard.run("gradient statistics", self.params.capture_grads, _owned(optimizer))
 
     def end_batch(self, loss: Any = None, target: Any = None) -> None:
         """Close a batch: keep its loss; finish the step if an optimizer stepped during it.
@@ -203,7 +194,7 @@ class Recorder:
         if self._logging:
             self._acts_done = True
         if loss is not None:
-            self.guard.run("loss", self._keep_loss, loss)
+            self.guard.run("loss", self.losses.keep, loss)
         stepped = self._stepped or self._hooked_optimizers == 0
         if not stepped:
             if self._grads_captured:  # gradients were final but the step was skipped (AMP overflow)
@@ -211,7 +202,7 @@ class Recorder:
                 self.noise.reset()
                 self._grads_captured = False
                 # the skipped batches belong to no step: drop their loss and activations
-                self._micro_losses = []
+                self.losses.drop_step()
                 self.acts.reset()
                 self._acts_done = False
                 self._step_lrs = {}
@@ -220,7 +211,7 @@ class Recorder:
         if self.combiner.distributed:
             self._exchange()  # outside every guard site: a rank must never skip a collective the others enter
         # even if finishing the step failed: nothing of this step may leak into the next one
-        self._micro_losses = []
+        self.losses.drop_step()
         self.acts.reset()
         self.task.release()
         self.params.reset()
@@ -242,31 +233,11 @@ class Recorder:
 
     def drop_step_loss(self) -> None:
         """Forget the losses kept for the optimizer step in progress (it was skipped: nothing came of it)."""
-        self._micro_losses = []
+        self.losses.drop_step()
 
     # -- internals -------------------------------------------------------------------
-    def _keep_loss(self, loss: Any) -> None:
-        if isinstance(loss, torch.Tensor):
-            if loss.numel() != 1:
-                loss = loss.detach().float().mean()
-            self._micro_losses.append(loss.detach().reshape(()))
-        else:
-            self._micro_losses.append(torch.tensor(float(loss)))
-
-    def _step_loss(self) -> torch.Tensor | None:
-        losses, self._micro_losses = self._micro_losses, []
-        if not losses:
-            return None
-        if len(losses) == 1:
-            return losses[0]
-        device = losses[0].device
-        return torch.stack([x.to(device).float() for x in losses]).mean()
-
     def _finish_step(self) -> None:
-        loss = self._step_loss()
-        if loss is not None:
-            self._pending_losses.append(loss)
-            self._pending_steps.append(self.step)
+        self.losses.end_step(self.step)
         if self._logging:
             if self.combiner.distributed:
                 self._payload = self.guard.run("step statistics", self._local_step)  # exchanged in end_batch
@@ -277,7 +248,7 @@ class Recorder:
                 self._flush_losses()  # no-op when the logging packet carried the losses
             if not self.guard.run("schedule", self._logging_soon):
                 self.params.release_buffer()  # the weight copy is kept only while logging steps are close
-        elif not self.combiner.distributed and len(self._pending_losses) >= self.config.max_pending_losses:
+        elif not self.combiner.distributed and len(self.losses) >= self.config.max_pending_losses:
             self._flush_losses()
 
     def _logging_soon(self) -> bool:
@@ -298,29 +269,20 @@ class Recorder:
         if not (self._logging or combiner.steps_pending(self.step) >= self.config.max_pending_losses):
             return
         payload, self._payload = self._payload, None
-        taken = self.guard.run("loss", self._take_losses)
+        taken = self.guard.run("loss", self.losses.take)
         losses, steps = taken if taken is not None else (None, [])
         combined = combiner.exchange(self.step, payload, losses, steps)
         if combined is not None:
             self.guard.run("step statistics", self._submit, combined)
 
     def _flush_losses(self) -> None:
-        if self._pending_losses:
-            losses, steps = self._take_losses()
+        if len(self.losses):
+            losses, steps = self.losses.take()
             self.submit(Packet.build(self.step, losses, steps))
-
-    def _take_losses(self) -> tuple[torch.Tensor | None, list[int]]:
-        if not self._pending_losses:
-            return None, []
-        device = self._pending_losses[-1].device
-        losses = torch.stack([x.to(device).float() for x in self._pending_losses])
-        steps = self._pending_steps
-        self._pending_losses, self._pending_steps = [], []
-        return losses, steps
 
     def _send_logging_step(self) -> None:
         payload = self._local_step()
-        losses, loss_steps = self._take_losses()
+        losses, loss_steps = self.losses.take()
         self._submit(Combined(payload, losses, loss_steps))
 
     def _local_step(self) -> StepPayload:
@@ -397,3 +359,8 @@ class Recorder:
         if task:
             facts.extra["task"] = task
         return facts
+
+
+def _owned(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters ``optimizer`` steps."""
+    return [p for g in optimizer.param_groups for p in g["params"]]

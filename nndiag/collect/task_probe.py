@@ -153,7 +153,7 @@ class TaskProbe:
         if self._out is None:
             return [], []
         values = self._out[0]
-        return [("", s) for s in OUTPUT_STATS], [values[i] for i in range(len(OUTPUT_STATS))]
+        return [("", s) for s in OUTPUT_STATS], list(values.unbind()[: len(OUTPUT_STATS)])
 
     def facts_update(self) -> dict[str, Any] | None:
         """The task facts if this logging step changed them (else ``None``); resets the step's captures.
