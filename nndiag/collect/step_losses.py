@@ -41,6 +41,9 @@ class StepLosses:
     def keep(self, loss: Any) -> None:
         """One batch's loss (a tensor, kept detached on its device, or a number)."""
         if isinstance(loss, torch.Tensor):
+            if loss.dim() == 0:  # the usual case: one op (each costs microseconds just after a step)
+                self._micro.append(loss.detach())
+                return
             if loss.numel() != 1:
                 loss = loss.detach().float().mean()
             self._micro.append(loss.detach().reshape(()))
