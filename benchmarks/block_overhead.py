@@ -48,10 +48,11 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
+from logging_step_cost import plain_setup, quantile
 from overhead import MODELS
+from overhead_alternatives import NaiveHooks
 from torch import nn
 
 from nndiag import Monitor
@@ -89,34 +90,6 @@ class BlockGate:
         return self.on(step) and self.inner(self.phase_step(step))
 
 
-class NaiveHooks:
-    """The hand-written monitor: ``.item()`` per layer and parameter, while ``active``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.active, self.rows = model, False, []
-        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in layers]
-
-    def _hook(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            if self.active:
-                out = out.detach()
-                self.rows.append((name, "mean", out.mean().item()))
-                self.rows.append((name, "std", out.std().item()))
-
-        return hook
-
-    def before_step(self) -> None:
-        if self.active:
-            for name, p in self.model.named_parameters():
-                if p.grad is not None:
-                    self.rows.append((name, "grad_norm", p.grad.detach().norm().item()))
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 @dataclass
 class Blocks:
     """Measured step times (s) per block, with whether the block was on and its phase."""
@@ -129,17 +102,12 @@ class Blocks:
 
 
 def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, log_dir: str) -> Blocks:
-    make, shape, batch = MODELS[model_name]
-    torch.manual_seed(0)
-    model = make()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    xs = [torch.randn(batch, *shape) for _ in range(4)]
-    ys = [torch.randint(0, 10, (batch,)) for _ in range(4)]
+    model, opt, xs, ys = plain_setup(model_name)
     lead = DENSE_STEPS if mode in ("default", "every10") else 0
     inner = {"default": default_schedule, "every10": lambda s: s < DENSE_STEPS or s % MIDDLE_EVERY == 0}
     gate = BlockGate(inner.get(mode, lambda s: True), lead, block)
     mon = Monitor(model, opt, log_dir=log_dir, schedule=gate) if mode in ("default", "every10", "every") else None
-    naive = NaiveHooks(model) if mode == "naive" else None
+    naive = NaiveHooks(model, active=False) if mode == "naive" else None
     out = Blocks()
     gc.collect()
     total = lead + 2 * blocks * block
@@ -184,11 +152,6 @@ def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, lo
     if naive is not None:
         naive.close()
     return out
-
-
-def quantile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def summarise(runs: list[Blocks], phase: str | None) -> str:

@@ -44,14 +44,20 @@ def quantile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def one_run(model_name: str, kind: str, steps: int, advisors: bool) -> tuple[list[float], list[float]]:
-    """Step times (s) of the logging and of the non-logging steps after ``SKIP``."""
+def plain_setup(model_name: str) -> tuple[nn.Module, torch.optim.Optimizer, list[torch.Tensor], list[torch.Tensor]]:
+    """A plain loop's model (seeded), its SGD with momentum, and four fixed input and label batches."""
     make, shape, batch = MODELS[model_name]
     torch.manual_seed(0)
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     xs = [torch.randn(batch, *shape) for _ in range(4)]
     ys = [torch.randint(0, 10, (batch,)) for _ in range(4)]
+    return model, opt, xs, ys
+
+
+def one_run(model_name: str, kind: str, steps: int, advisors: bool) -> tuple[list[float], list[float]]:
+    """Step times (s) of the logging and of the non-logging steps after ``SKIP``."""
+    model, opt, xs, ys = plain_setup(model_name)
     config = RecorderConfig(full_every=1 if kind == "full" else 10**9)
     mon = Monitor(model, opt, log_dir=None, schedule=lambda s: s % 2 == 0, config=config, diagnose=advisors)
     logging, plain = [], []

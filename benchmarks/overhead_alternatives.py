@@ -29,35 +29,57 @@ import torch
 from torch import nn
 
 
-class NaiveMonitor(L.Callback):
-    """Per-layer ``.item()`` statistics every step: the monitor people write by hand."""
+class NaiveHooks:
+    """Per-layer ``.item()`` statistics: the monitor people write by hand, recording while ``active``.
 
-    def __init__(self) -> None:
+    Forward hooks on every ``Linear``/``Conv2d`` read the output's mean and std (training passes);
+    :meth:`before_step` reads every gradient's norm. ``benchmarks/block_overhead.py`` switches it on
+    and off with its blocks; :class:`NaiveMonitor` runs it at every step of a Lightning fit.
+    """
+
+    def __init__(self, model: nn.Module, active: bool = True) -> None:
+        self.model, self.active = model, active
         self.rows: list[tuple[str, str, float]] = []
-        self.handles: list[Any] = []
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in layers]
 
-    def on_fit_start(self, trainer: Any, pl_module: L.LightningModule) -> None:
-        for name, mod in pl_module.named_modules():
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                self.handles.append(mod.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            if module.training:
+            if self.active and module.training:
                 out = out.detach()
                 self.rows.append((name, "mean", out.mean().item()))
                 self.rows.append((name, "std", out.std().item()))
 
         return hook
 
-    def on_before_optimizer_step(self, trainer: Any, pl_module: L.LightningModule, optimizer: Any) -> None:
-        for name, p in pl_module.named_parameters():
-            if p.grad is not None:
-                self.rows.append((name, "grad_norm", p.grad.detach().norm().item()))
+    def before_step(self) -> None:
+        """Every gradient's norm (call where gradients are final)."""
+        if self.active:
+            for name, p in self.model.named_parameters():
+                if p.grad is not None:
+                    self.rows.append((name, "grad_norm", p.grad.detach().norm().item()))
 
-    def on_fit_end(self, trainer: Any, pl_module: L.LightningModule) -> None:
+    def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+class NaiveMonitor(L.Callback):
+    """:class:`NaiveHooks` at every step of a Lightning fit."""
+
+    def __init__(self) -> None:
+        self.hooks: NaiveHooks | None = None
+
+    def on_fit_start(self, trainer: Any, pl_module: L.LightningModule) -> None:
+        self.hooks = NaiveHooks(pl_module)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if self.hooks is not None:
+            self.hooks.before_step()
+
+    def on_fit_end(self, trainer: Any, pl_module: L.LightningModule) -> None:
+        if self.hooks is not None:
+            self.hooks.close()
 
 
 class LightningGradNorm(L.Callback):
