@@ -140,7 +140,7 @@ class Recorder:
         self.noise.release()
         self.model = None
         self.optimizers = []
-        self.losses.release()
+        self.losses.drop_step()  # a batch in progress at close never finished its step: nothing of it is sent
 
     # -- per-batch protocol ----------------------------------------------------------
     def begin_batch(self) -> None:

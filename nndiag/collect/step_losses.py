@@ -76,7 +76,3 @@ class StepLosses:
         steps = self._steps
         self._pending, self._steps = [], []
         return losses, steps
-
-    def release(self) -> None:
-        """Drop the step in progress (closing: nothing of it is sent)."""
-        self._micro = []
