@@ -64,6 +64,10 @@ class RecorderConfig:
             ``False``: rank 0 records its own batch and nndiag issues no collective.
         tensorboard: write scalars to TensorBoard.
         store: write the SQLite run store.
+        park_hooks: take nndiag's forward hooks off the modules from the first non-logging step to the
+            next logging step, so that quiet steps call the modules as without nndiag (a hooked module
+            takes torch's slower call path). Automatic: never under ``torch.compile``. ``False`` keeps
+            them registered throughout (needed only for a model first compiled in the middle of a run).
 
     """
 
@@ -78,6 +82,7 @@ class RecorderConfig:
     memory_rows: int = 1_000_000  # rows kept in memory (~20-25 bytes each: ~25 MB), the run's start included
     tensorboard: bool = True  # write TensorBoard scalars/text
     store: bool = True  # write the SQLite run store
+    park_hooks: bool = True  # forward hooks off the modules on quiet steps (eager models; see collect.activations)
     # torch.distributed runs: combine every rank's statistics at each logging step (one all-reduce);
     # False: rank 0 records its own batch only and no collective is ever issued
     distributed: bool = True

@@ -19,3 +19,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def pkg(request: pytest.FixtureRequest) -> str:
     """Each test using it runs once with lightning.pytorch and once with pytorch_lightning."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo_counters() -> None:
+    """Each test starts as a process where dynamo has compiled nothing yet.
+
+    nndiag keeps its forward hooks registered on quiet steps once dynamo has looked at any frame
+    (``activations._dynamo_used``); without this, every test after the first compiling one would
+    run that way and the parking of hooks would depend on the order the tests run in.
+    """
+    if "torch._dynamo" in sys.modules:
+        from torch._dynamo.utils import counters
+
+        counters.clear()

@@ -227,6 +227,23 @@ def test_compiled_plain_loop(setup: dict[str, Any]) -> None:
         assert got.history[got.history.layer == "input"].value.abs().max() < 5.0, "an eval pass was recorded"
 
 
+def test_traced_hooks_are_never_parked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hooks a compiled graph traced stay registered on quiet steps even where dynamo's counters say nothing.
+
+    (``activations._dynamo_used`` reads dynamo's frame counter; a graph traced while the hooks were parked would
+    never call them again, and taking traced hooks off recompiles: hooks that see themselves traced stay.)
+    """
+    monkeypatch.setattr(nndiag.collect.activations, "_dynamo_used", lambda: False)
+    base = plain_loop(with_nndiag=False)
+    got = plain_loop()
+    assert got.internal == []
+    assert got.history is not None
+    net = MODELS["net"]()
+    layers = [n for n, m in net.named_modules() if n and not list(m.children())]
+    assert_recorded(got.history, layers, [n for n, _ in net.named_parameters()], logging_steps(STEPS))
+    assert_no_storm(got, base)
+
+
 def test_fallback_without_the_eager_frame_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where dynamo's private frame rule is missing, the root's input hook is its own small graph: still bounded.
 

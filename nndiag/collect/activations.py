@@ -1,9 +1,11 @@
 """Forward hooks that reduce every recorded module's output on the device.
 
 Hooks are registered once and stay cheap when not armed: they return after a few
-attribute checks (no tensor work on non-logging steps). When armed, each module's
-output is reduced to a handful of on-device scalars; nothing crosses to the host
-until the recorder packs the step.
+attribute checks (no tensor work on non-logging steps). In an eager model they are
+also parked (taken off the modules, :mod:`nndiag.collect.hook_parking`) from the first
+non-logging step until the next logging step, so quiet steps call the modules as
+without nndiag. When armed, each module's output is reduced to a handful of on-device
+scalars; nothing crosses to the host until the recorder packs the step.
 
 Under ``torch.compile`` the per-module hooks are traced into the model's graph: their
 reductions have no host synchronisation and no data-dependent shape (no graph break),
@@ -11,6 +13,8 @@ and they read the training flag before the armed flag. A compiled model therefor
 two graphs more than without nndiag (logging steps, and the first logging step, which
 also records the forward facts), whatever mix of logging, non-logging and evaluation
 passes follows (see :func:`_root_hook_eager_as_frame` for the root's input hook).
+Compiled graphs ignore hooks added after they were traced, so hooks are never parked
+once dynamo has compiled anything in the process or traced one of these hooks.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -38,6 +42,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from nndiag.collect.hook_parking import HookParking
 from nndiag.collect.modules import (
     RELU_FAMILY,
     activation_name,
@@ -48,7 +53,7 @@ from nndiag.collect.modules import (
     saturation_bounds,
 )
 from nndiag.guard import ErrorGuard
-from nndiag.stats.activations import saturated_count, sufficient_stats, unit_max
+from nndiag.stats.activations import is_compiling, saturated_count, sufficient_stats, unit_max
 from nndiag.stats.histogram import histogram
 
 INPUT_LAYER = "input"
@@ -92,7 +97,9 @@ class ForwardFacts:
 class ActivationCollector:
     """Owns the forward hooks of one model and their per-step reductions."""
 
-    def __init__(self, model: nn.Module, guard: ErrorGuard, histograms: bool = False, bins: int = 30) -> None:
+    def __init__(
+        self, model: nn.Module, guard: ErrorGuard, histograms: bool = False, bins: int = 30, park: bool = True
+    ) -> None:
         self.model: nn.Module | None = model
         self.guard = guard
         self.histograms = histograms
@@ -109,6 +116,9 @@ class ActivationCollector:
         self._facts_done = False
         self._last_layout: tuple[torch.Size, bool] | None = None
         self._eager_rule = False  # the root hook's frame rule is set (see arm)
+        self.parking = HookParking([])
+        # the hooks stay registered: not to park, or dynamo traced one (a compiled graph ignores hooks put back)
+        self.pinned = not park
 
     @staticmethod
     def _static(mod: nn.Module) -> _Static:
@@ -130,12 +140,14 @@ class ActivationCollector:
         self.handles.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
         for name, mod in self.modules:
             self.handles.append(mod.register_forward_hook(self._make_hook(name)))
+        self.parking = HookParking(self.handles)
 
     def detach(self) -> None:
         """Remove every hook and drop the references to the model and to step tensors."""
         for h in self.handles:
-            h.remove()
+            h.remove()  # (a parked hook is off its module already)
         self.handles.clear()
+        self.parking = HookParking([])
         self.model = None
         self.modules = []
         self.reset()
@@ -146,6 +158,8 @@ class ActivationCollector:
         ``full=False`` (a light logging step): means, stds, non-finite and saturated counts only, not
         the per-unit maxima and minima that dead units are counted from.
         """
+        if self.parking.is_parked:
+            self.guard.run("hook parking", self.parking.restore)
         self.armed = True
         self.full = full
         if not self._eager_rule and "torch._dynamo" in sys.modules:  # torch.compile in use (or may be): see there
@@ -155,6 +169,21 @@ class ActivationCollector:
     def disarm(self) -> None:
         """Stop recording (results so far are kept until :meth:`pack` or :meth:`reset`)."""
         self.armed = False
+
+    def park(self) -> None:
+        """Take the hooks off the modules until the next :meth:`arm` (a non-logging step), where that is safe.
+
+        Only after the hooks recorded a training forward (a model compiled at its first call has traced them
+        by then), and not under ``torch.compile``: once dynamo has looked at any frame in this process, or
+        traced one of these hooks, they stay registered (a graph traced while they were parked would never
+        call them). Compiling the model only after that, in the middle of a run, is not detected.
+        """
+        if self.armed or self.parking.is_parked or self.pinned or not self._facts_done or not self.parking.supported:
+            return
+        if _dynamo_used():
+            self.pinned = True  # (checked once: from now on the hooks stay)
+            return
+        self.parking.park()
 
     def reset(self) -> None:
         """Forget the current step's reductions."""
@@ -183,6 +212,8 @@ class ActivationCollector:
 
     def _make_hook(self, name: str):  # noqa: ANN202 - closure
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if is_compiling():  # (dynamo folds it to True while tracing)
+                self.pinned = True  # (dynamo replays this store; nothing toggles it back)
             model = self.model
             if (model is not None and not model.training) or not self.armed:
                 return  # an evaluation pass between training batches, or not a logging step
@@ -293,6 +324,18 @@ def _merge(a: _Accum, b: _Accum) -> _Accum:
         out.sat = a.sat + b.sat
     out.hist = a.hist
     return out
+
+
+def _dynamo_used() -> bool:
+    """Whether dynamo has looked at any frame in this process (``torch.compile`` in use somewhere)."""
+    if "torch._dynamo" not in sys.modules:
+        return False
+    try:
+        from torch._dynamo.utils import counters
+
+        return bool(counters["frames"]["total"])
+    except Exception:  # a torch without these counters: assume compiled, keep the hooks
+        return True
 
 
 def _batch_size(obj: Any) -> int | None:

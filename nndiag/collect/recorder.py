@@ -84,7 +84,8 @@ class Recorder:
         self.submit = submit
         self.model: nn.Module | None = model
         self.optimizers = list(optimizers)
-        self.acts = ActivationCollector(model, self.guard, self.config.histograms, self.config.histogram_bins)
+        cfg = self.config
+        self.acts = ActivationCollector(model, self.guard, cfg.histograms, cfg.histogram_bins, cfg.park_hooks)
         self.params = ParamCollector(model, self.config.update_ratio, self.config.update_ratio_samples)
         self.task = TaskProbe(self.guard)  # targets, model output, loss kind (logging steps)
         self.noise = NoiseScaleCollector(self.params.named)  # gradient noise scale (logging steps)
@@ -154,6 +155,8 @@ class Recorder:
         if self._logging:
             self.task.arm()
             self.noise.arm()
+        else:
+            self.guard.run("hook parking", self.acts.park)  # quiet steps: modules called as without nndiag
 
     def capture_grads(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Record gradient norms now (of ``optimizer``'s parameters, or all), on logging steps."""

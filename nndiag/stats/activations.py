@@ -30,7 +30,7 @@ import math
 import torch
 
 # True while torch.compile traces the calling code (torch < 2.3 has no such test: never)
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 # activation family -> (low, high) bounds of the non-saturated region; None = unbounded side.
 SATURATION_RULES: dict[str, tuple[float | None, float | None]] = {
@@ -75,7 +75,7 @@ def sufficient_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     """
     xf = as_float(x)
     total = xf.sum()
-    if not xf.is_cpu or _is_compiling():
+    if not xf.is_cpu or is_compiling():
         return total, torch.linalg.vector_norm(xf), xf.numel() - torch.isfinite(xf).sum()
     sq = _cpu_l2(xf)
     if math.isfinite(sq.item()):  # a finite norm bounds every element, so the sum is finite too: one read
