@@ -17,19 +17,24 @@ started at its end, a writer burst up to 200 ms later) is not counted as free. `
 share of the measured on-steps that were logging steps, beside the schedule's own.
 
 Modes: ``default`` (``Monitor(...)``, schedule and advisors as shipped, TensorBoard and run store
-written), ``every10`` (the default's middle phase, every 10th step, for the whole run), ``every``
-(``schedule=1``), ``idle`` (on-blocks attach a ``Monitor`` that never logs, off-blocks have none:
-what nndiag's hooks cost a non-logging step), ``naive`` (a hand-written monitor: per-layer forward hooks
-reading the output's mean and std with ``.item()``, every gradient norm with ``.item()``, switched
-on and off with the blocks; no nndiag). Printed per mode and phase: the ratio of the mean step (sum
-of the on-blocks' measured steps over the off-blocks'), the median over blocks of the block ratios,
-the median step and p90/p99/max of on against off steps, and the slowest on step over the slowest
-off step (the stall target: within 2x).
+written), ``nocheck`` (the default without advisor checks, ``diagnose=False``) and ``nowrite`` (the
+default without TensorBoard or run store, ``log_dir=None``) to attribute the default's cost,
+``every10`` (the default's middle phase, every 10th step, for the whole run), ``every``
+(``schedule=1``), ``idle`` (on-blocks attach a ``Monitor`` that logs only its first step, in the
+warm-up, off-blocks have none: what nndiag costs a non-logging step), ``kept`` (``idle`` with
+``park_hooks=False``: the forward hooks stay on the modules), ``naive`` (a hand-written monitor:
+per-layer forward hooks reading the output's mean and std with ``.item()``, every gradient norm with
+``.item()``, switched on and off with the blocks; no nndiag). Printed per mode and phase: the ratio
+of the mean step (sum of the on-blocks' measured steps over the off-blocks'), the median over blocks
+of the block ratios, the median step and p90/p99/max of on against off steps, and the slowest on
+step over the slowest off step (the stall target: within 2x).
 
-The off-blocks of ``default``, ``every10`` and ``every`` are not plain PyTorch: nndiag's hooks run
-and return (a non-logging step does no tensor work but keeps the loss's detached view;
-``tests/test_overhead_paths.py``). ``idle`` measures that against plain; a mode's cost over plain is
-its ratio times ``idle``'s. ``idle us`` is the wall time of ``Monitor.step`` on an off step.
+The off-blocks of ``default``, ``every10`` and ``every`` are not plain PyTorch: ``Monitor.step``
+runs (a non-logging step does no tensor work but keeps the loss's detached view;
+``tests/test_overhead_paths.py``) and the forward hooks are parked, off the modules, until the
+next logging step (``nndiag.collect.hook_parking``). ``idle`` measures that against plain; a
+mode's cost over plain is its ratio times ``idle``'s. ``idle us`` is the wall time of
+``Monitor.step`` on an off step.
 
 Usage:
     python benchmarks/block_overhead.py [--model mlp|3c3d] [--modes default,every10,every,idle,naive]
@@ -103,10 +108,14 @@ class Blocks:
 
 def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, log_dir: str) -> Blocks:
     model, opt, xs, ys = plain_setup(model_name)
-    lead = DENSE_STEPS if mode in ("default", "every10") else 0
-    inner = {"default": default_schedule, "every10": lambda s: s < DENSE_STEPS or s % MIDDLE_EVERY == 0}
+    defaults = ("default", "nocheck", "nowrite")
+    lead = DENSE_STEPS if mode in (*defaults, "every10") else 0
+    inner = {"every10": lambda s: s < DENSE_STEPS or s % MIDDLE_EVERY == 0} | dict.fromkeys(defaults, default_schedule)
     gate = BlockGate(inner.get(mode, lambda s: True), lead, block)
-    mon = Monitor(model, opt, log_dir=log_dir, schedule=gate) if mode in ("default", "every10", "every") else None
+    mon = None
+    if mode in (*defaults, "every10", "every"):
+        where = None if mode == "nowrite" else log_dir
+        mon = Monitor(model, opt, log_dir=where, schedule=gate, diagnose=mode != "nocheck")
     naive = NaiveHooks(model, active=False) if mode == "naive" else None
     out = Blocks()
     gc.collect()
@@ -116,13 +125,15 @@ def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, lo
         on = gate.on(step)
         if naive is not None:
             naive.active = on
-        if mode == "idle" and on != (mon is not None):  # an on-block begins (attach) or ends (close)
+        if mode in ("idle", "kept") and on != (mon is not None):  # an on-block begins (attach) or ends (close)
             if mon is None:
-                mon = Monitor(model, opt, log_dir=None, schedule=lambda s: False, diagnose=False)
+                # one logging step (in the warm-up): nndiag parks its hooks only once they recorded a forward
+                park = mode == "idle"
+                mon = Monitor(model, opt, log_dir=None, schedule=lambda s: s == 0, diagnose=False, park_hooks=park)
             else:
                 mon.close()
                 mon = None
-        logs = mon is not None and mode != "idle" and gate(mon.steps)
+        logs = mon is not None and mode not in ("idle", "kept") and gate(mon.steps)
         x, y = xs[step % 4], ys[step % 4]
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -205,7 +216,7 @@ def main() -> None:
         idle = [s for r in runs[mode] for s in r.idle]
         print(f"{mode:7s} all    {summarise(runs[mode], None)}"
               + (f" | idle {statistics.median(idle) * 1e6:.0f} us" if idle else ""))  # fmt: skip
-        if mode == "default":
+        if mode in ("default", "nocheck", "nowrite"):
             for phase in ("middle", "late"):
                 print(f"{mode:7s} {phase:6s} {summarise(runs[mode], phase)}")
 
