@@ -8,13 +8,17 @@ nothing is left after close, and under ``torch.compile`` nothing is parked (``te
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pandas as pd
 import pytest
 import torch
+from helpers import fit, lightning, loader, make_module
 from torch import nn
 
 import nndiag.collect.activations as activations
-from nndiag import Monitor
+from nndiag import DiagnosticsCallback, Monitor
 from nndiag.collect.hook_parking import HookParking
 from nndiag.demo.models import blobs, mlp
 
@@ -64,19 +68,35 @@ def test_quiet_steps_run_without_hooks() -> None:
     assert {"<root>", "0", "1"} <= set(seen[0])
 
 
-def test_same_statistics_as_hooks_that_stay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(HookParking, "park", lambda self: None)
+def test_same_statistics_as_hooks_that_stay() -> None:
     kept_seen: list[list[str]] = []
-    kept = train(kept_seen)
-    monkeypatch.undo()
+    kept = train(kept_seen, park_hooks=False)
     seen: list[list[str]] = []
     parked = train(seen)
-    assert all(kept_seen) and not seen[3], "one run kept its hooks, the other parked them"
+    assert all(kept_seen) and not seen[3], "park_hooks=False kept the hooks on every step, the default parked them"
     key = ["step", "layer", "stat"]
     pd.testing.assert_frame_equal(
         parked.sort_values(key).reset_index(drop=True)[[*key, "value"]],
         kept.sort_values(key).reset_index(drop=True)[[*key, "value"]],
     )
+
+
+def test_lightning_parks_between_logging_steps(tmp_path: Path) -> None:
+    """Under a Lightning ``Trainer`` (validation passes between) the hooks are off exactly on quiet steps."""
+    L = lightning()
+    seen: list[bool] = []
+
+    class Spy(L.Callback):
+        def on_before_backward(self, trainer: Any, module: Any, loss: torch.Tensor) -> None:
+            seen.append(bool(hooked(module)))
+
+    x, y = blobs(n=16 * 30, features=8, classes=3, seed=0)
+    cb = DiagnosticsCallback(schedule=lambda k: k < 3 or k % 10 == 0, tensorboard=False, store=False)
+    fit("lightning.pytorch", make_module("lightning.pytorch", mlp(8, 3, hidden=16, depth=2)), loader(x, y, 16),
+        [cb, Spy()], tmp_path, val=loader(x[:64], y[:64], 16), val_check_interval=7)  # fmt: skip
+    assert [k for k, on in enumerate(seen) if on] == [0, 1, 2, 10, 20]
+    assert cb.history is not None
+    assert sorted(set(cb.history[cb.history.stat == "act_std"].step)) == [0, 1, 2, 10, 20]
 
 
 def test_user_hooks_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,12 +127,6 @@ def test_nothing_parked_once_dynamo_was_used(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(activations, "_dynamo_used", lambda: True)
     seen: list[list[str]] = []
     train(seen)
-    assert all(seen), "hooks stay registered on every step"
-
-
-def test_park_hooks_false_keeps_them() -> None:
-    seen: list[list[str]] = []
-    train(seen, park_hooks=False)
     assert all(seen), "hooks stay registered on every step"
 
 
