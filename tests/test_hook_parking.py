@@ -152,3 +152,24 @@ def test_parking_restores_flags_and_tolerates_removed_hooks() -> None:
     parking.park()
     parking.restore()
     assert not lin._forward_hooks and not lin._forward_pre_hooks, "a removed hook stays removed"
+
+
+def test_hooks_registered_while_parked_keep_their_side() -> None:
+    lin = nn.Linear(2, 2)
+    calls: list[str] = []
+    before = lin.register_forward_hook(lambda m, a, o: calls.append("before"))
+    ours = lin.register_forward_hook(lambda m, a, o: calls.append("ours"))
+    lin.register_forward_hook(lambda m, a, o: calls.append("after"))
+    parking = HookParking([ours])
+    parking.park()
+    lin.register_forward_hook(lambda m, a, o: calls.append("appended"))
+    lin.register_forward_hook(lambda m, a, o: calls.append("prepended"), prepend=True)
+    parking.restore()
+    lin(torch.zeros(1, 2))
+    assert calls == ["prepended", "before", "ours", "after", "appended"]
+    calls.clear()
+    before.remove()
+    parking.park()
+    parking.restore()
+    lin(torch.zeros(1, 2))
+    assert calls == ["prepended", "ours", "after", "appended"]

@@ -6,7 +6,8 @@ forward and +0.8 ms on a 32.7 ms 4-layer GPT-2 forward (docs/benchmarks.md, stop
 hooks on non-logging steps gives those steps the module calls of a model without nndiag.
 
 Putting a hook back keeps its place among the module's other hooks: hooks that ran before it still
-do, and hooks registered while it was parked run after it, as they would have had it stayed.
+do, and hooks registered while it was parked run where they would have had it stayed (appended
+ones after it, ``prepend=True`` ones before it).
 Parking is refused (:attr:`HookParking.supported` is False) where torch keeps hooks in anything
 other than an ``OrderedDict``; the hooks then simply stay registered.
 
@@ -42,6 +43,7 @@ class _Parked:
     key: int
     fn: Any
     ahead: frozenset[int]  # keys of the hooks that ran before it
+    behind: frozenset[int]  # keys of the hooks that ran after it
     extras: list[tuple[dict[int, Any], Any]] = field(default_factory=list)  # with_kwargs / always_called flags
 
 
@@ -66,7 +68,8 @@ class HookParking:
             if hooks is None or h.id not in hooks:
                 continue  # removed by someone else (or the module is gone): stays removed
             keys = list(hooks)
-            entry = _Parked(hooks, h.id, hooks.pop(h.id), frozenset(keys[: keys.index(h.id)]))
+            at = keys.index(h.id)
+            entry = _Parked(hooks, h.id, hooks.pop(h.id), frozenset(keys[:at]), frozenset(keys[at + 1 :]))
             for ref in h.extra_dict_ref:
                 extra = ref()
                 if extra is not None and h.id in extra:
@@ -77,9 +80,28 @@ class HookParking:
         """Put every parked hook back in its place among the module's hooks."""
         parked, self.parked = self.parked, []
         for p in parked:
+            follow = _followers(list(p.hooks), p.ahead, p.behind)
             p.hooks[p.key] = p.fn
-            if len(p.hooks) > 1:
-                for k in [k for k in p.hooks if k not in p.ahead and k != p.key]:
-                    p.hooks.move_to_end(k)  # the hooks that ran after it (or came while parked) follow it again
+            for k in follow:
+                p.hooks.move_to_end(k)
             for extra, value in p.extras:
                 extra[p.key] = value
+
+
+def _followers(keys: list[int], ahead: frozenset[int], behind: frozenset[int]) -> list[int]:
+    """The keys that must run after a hook put back: from the first that ran after it on.
+
+    Where none of those is left, from just after the last that ran before it (hooks appended while
+    it was parked follow it); where neither is left, none (it goes last).
+
+    Example:
+        >>> _followers([9, 1, 2, 8], ahead=frozenset({1}), behind=frozenset({2}))  # 9 prepended, 8 appended
+        [2, 8]
+        >>> _followers([1, 8], ahead=frozenset({1}), behind=frozenset())
+        [8]
+    """
+    for i, k in enumerate(keys):
+        if k in behind:
+            return keys[i:]
+    last_ahead = max((i for i, k in enumerate(keys) if k in ahead), default=len(keys) - 1)
+    return keys[last_ahead + 1 :]
