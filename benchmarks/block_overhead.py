@@ -25,9 +25,11 @@ warm-up, off-blocks have none: what nndiag costs a non-logging step), ``kept`` (
 ``park_hooks=False``: the forward hooks stay on the modules), ``naive`` (a hand-written monitor:
 per-layer forward hooks reading the output's mean and std with ``.item()``, every gradient norm with
 ``.item()``, switched on and off with the blocks; no nndiag). Printed per mode and phase: the ratio
-of the mean step (sum of the on-blocks' measured steps over the off-blocks'), the median over blocks
-of the block ratios, the median step and p90/p99/max of on against off steps, and the slowest on
-step over the slowest off step (the stall target: within 2x).
+of the mean step (sum of the on-blocks' measured steps over the off-blocks'), the same ratio of the
+process's CPU time per step (``cpu``: all threads, the writer's included; torch's worker threads
+spin while they wait, so it tracks wall time on a busy machine), the median over blocks of the
+block ratios, the median step and p90/p99/max of on against off steps, and the slowest on step over
+the slowest off step (the stall target: within 2x).
 
 The off-blocks of ``default``, ``every10`` and ``every`` are not plain PyTorch: ``Monitor.step``
 runs (a non-logging step does no tensor work but keeps the loss's detached view;
@@ -100,6 +102,7 @@ class Blocks:
     """Measured step times (s) per block, with whether the block was on and its phase."""
 
     times: list[list[float]] = field(default_factory=list)
+    cpu: list[list[float]] = field(default_factory=list)  # the process's CPU time (all threads) per step
     on: list[bool] = field(default_factory=list)
     phase: list[str] = field(default_factory=list)
     idle: list[float] = field(default_factory=list)  # Monitor.step on off steps (s)
@@ -120,7 +123,7 @@ def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, lo
     out = Blocks()
     gc.collect()
     total = lead + 2 * blocks * block
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for step in range(total):
         on = gate.on(step)
         if naive is not None:
@@ -144,20 +147,22 @@ def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, lo
         t0 = time.perf_counter()
         if mon is not None:
             mon.step(loss, target=y)
-        now = time.perf_counter()
+        now, now_cpu = time.perf_counter(), time.process_time()
         if step >= lead:
             k = (step - lead) // block
             if (step - lead) % block == 0:
                 out.times.append([])
+                out.cpu.append([])
                 out.logged.append(0)
                 out.on.append(k % 2 == 1)
                 out.phase.append("middle" if gate.phase_step(step) < MIDDLE_END else "late")
             if (step - lead) % block >= warmup:
                 out.times[-1].append(now - start)
+                out.cpu[-1].append(now_cpu - start_cpu)
                 out.logged[-1] += logs
             if not on and mon is not None:
                 out.idle.append(now - t0)
-        start = now
+        start, start_cpu = now, now_cpu
     if mon is not None:
         mon.close()
     if naive is not None:
@@ -169,6 +174,8 @@ def summarise(runs: list[Blocks], phase: str | None) -> str:
     """One line: mean ratio, median block ratio, quantile ratios, slowest step ratio."""
     on_steps: list[float] = []
     off_steps: list[float] = []
+    on_cpu: list[float] = []
+    off_cpu: list[float] = []
     block_ratios: list[float] = []
     logged = 0
     for r in runs:
@@ -181,10 +188,13 @@ def summarise(runs: list[Blocks], phase: str | None) -> str:
             logged += r.logged[i]
             on_steps += r.times[i]
             off_steps += [s for j in (i - 1, i + 1) if 0 <= j < len(means) for s in r.times[j]]
+            on_cpu += r.cpu[i]
+            off_cpu += [s for j in (i - 1, i + 1) if 0 <= j < len(means) for s in r.cpu[j]]
     if not block_ratios:
         return "no blocks"
     return (
         f"{len(block_ratios):3d} blocks | mean x{statistics.fmean(on_steps) / statistics.fmean(off_steps):.3f} | "
+        f"cpu x{statistics.fmean(on_cpu) / statistics.fmean(off_cpu):.3f} | "
         f"block median x{statistics.median(block_ratios):.3f} ({min(block_ratios):.3f}-{max(block_ratios):.3f}) | "
         f"median step x{statistics.median(on_steps) / statistics.median(off_steps):.3f} | "
         f"p90 x{quantile(on_steps, 0.9) / quantile(off_steps, 0.9):.3f} "
