@@ -181,6 +181,13 @@ def assert_recorded(h: pd.DataFrame, layers: list[str], params: list[str], steps
             assert (rows.value > 0).all(), (name, s)
 
 
+def assert_model_recorded(h: pd.DataFrame, model: str) -> None:
+    """:func:`assert_recorded` for every leaf module and parameter of ``MODELS[model]`` (default schedule)."""
+    net = MODELS[model]()
+    layers = [n for n, m in net.named_modules() if n and not list(m.children())]
+    assert_recorded(h, layers, [n for n, _ in net.named_parameters()], logging_steps(STEPS))
+
+
 def assert_no_storm(got: LoopRun, base: LoopRun, quiet_from: int = FIRST_QUIET_STEP) -> None:
     """The bound of the module docstring, for runs with (``got``) and without (``base``) nndiag.
 
@@ -219,9 +226,7 @@ def test_compiled_plain_loop(setup: dict[str, Any]) -> None:
     assert got.losses == base.losses, "nndiag changed what the compiled model computes"
     assert got.history is not None and ref.history is not None
     assert_same_statistics(got.history, ref.history)
-    net = MODELS[setup["model"]]()
-    layers = [n for n, m in net.named_modules() if n and not list(m.children())]
-    assert_recorded(got.history, layers, [n for n, _ in net.named_parameters()], logging_steps(STEPS))
+    assert_model_recorded(got.history, setup["model"])
     assert_no_storm(got, base)
     if setup.get("eval_every"):
         assert got.history[got.history.layer == "input"].value.abs().max() < 5.0, "an eval pass was recorded"
@@ -238,9 +243,7 @@ def test_traced_hooks_are_never_parked(monkeypatch: pytest.MonkeyPatch) -> None:
     got = plain_loop()
     assert got.internal == []
     assert got.history is not None
-    net = MODELS["net"]()
-    layers = [n for n, m in net.named_modules() if n and not list(m.children())]
-    assert_recorded(got.history, layers, [n for n, _ in net.named_parameters()], logging_steps(STEPS))
+    assert_model_recorded(got.history, "net")
     assert_no_storm(got, base)
 
 
