@@ -66,6 +66,8 @@ from nndiag import Monitor
 from nndiag.schedule import DENSE_STEPS, MIDDLE_END, MIDDLE_EVERY, default_schedule
 
 warnings.filterwarnings("ignore")
+DEFAULTS = ("default", "nocheck", "nowrite")  # the default schedule, whole or without a part
+IDLE = ("idle", "kept")  # a Monitor attached for the on-blocks only, never logging in them
 
 
 class BlockGate:
@@ -111,12 +113,11 @@ class Blocks:
 
 def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, log_dir: str) -> Blocks:
     model, opt, xs, ys = plain_setup(model_name)
-    defaults = ("default", "nocheck", "nowrite")
-    lead = DENSE_STEPS if mode in (*defaults, "every10") else 0
-    inner = {"every10": lambda s: s < DENSE_STEPS or s % MIDDLE_EVERY == 0} | dict.fromkeys(defaults, default_schedule)
+    lead = DENSE_STEPS if mode in (*DEFAULTS, "every10") else 0
+    inner = {"every10": lambda s: s < DENSE_STEPS or s % MIDDLE_EVERY == 0} | dict.fromkeys(DEFAULTS, default_schedule)
     gate = BlockGate(inner.get(mode, lambda s: True), lead, block)
     mon = None
-    if mode in (*defaults, "every10", "every"):
+    if mode in (*DEFAULTS, "every10", "every"):
         where = None if mode == "nowrite" else log_dir
         mon = Monitor(model, opt, log_dir=where, schedule=gate, diagnose=mode != "nocheck")
     naive = NaiveHooks(model, active=False) if mode == "naive" else None
@@ -128,7 +129,7 @@ def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, lo
         on = gate.on(step)
         if naive is not None:
             naive.active = on
-        if mode in ("idle", "kept") and on != (mon is not None):  # an on-block begins (attach) or ends (close)
+        if mode in IDLE and on != (mon is not None):  # an on-block begins (attach) or ends (close)
             if mon is None:
                 # one logging step (in the warm-up): nndiag parks its hooks only once they recorded a forward
                 park = mode == "idle"
@@ -136,7 +137,7 @@ def one_run(model_name: str, mode: str, blocks: int, block: int, warmup: int, lo
             else:
                 mon.close()
                 mon = None
-        logs = mon is not None and mode not in ("idle", "kept") and gate(mon.steps)
+        logs = mon is not None and mode not in IDLE and gate(mon.steps)
         x, y = xs[step % 4], ys[step % 4]
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -226,7 +227,7 @@ def main() -> None:
         idle = [s for r in runs[mode] for s in r.idle]
         print(f"{mode:7s} all    {summarise(runs[mode], None)}"
               + (f" | idle {statistics.median(idle) * 1e6:.0f} us" if idle else ""))  # fmt: skip
-        if mode in ("default", "nocheck", "nowrite"):
+        if mode in DEFAULTS:
             for phase in ("middle", "late"):
                 print(f"{mode:7s} {phase:6s} {summarise(runs[mode], phase)}")
 
