@@ -46,6 +46,10 @@ def main() -> None:
         "hooks_left": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in trainer.model.modules()),
     }
     (args.out / f"rank{rank}.json").write_text(json.dumps(report))
+    if torch.distributed.is_initialized():
+        # The Trainer leaves the process group up. Without this, gloo's worker threads can outlive the interpreter
+        # and abort the process at exit ("terminate called without an active exception", SIGABRT), now and then.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
